@@ -1,0 +1,58 @@
+"""Float reference execution of a Graph through the registry's float kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcc.errors import QccError
+from qcc.ir import Graph, Node, Value
+from qcc.registry import lookup
+
+
+def run_node(node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Run one node's float kernel; always returns a list with one array per output."""
+    result = lookup(node).kernel(node, *args)
+    outs = list(result) if isinstance(result, (tuple, list)) else [result]
+    return [np.asarray(o) for o in outs[: len(node.outputs)]]
+
+
+def check_feeds(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
+    """Refuse missing inputs and inputs whose dtype or static shape disagrees with the model."""
+    for v in graph.inputs:
+        if v.name not in feeds:
+            raise QccError(f"missing input {v.name!r}")
+        x = np.asarray(feeds[v.name])
+        if x.dtype != v.dtype:
+            raise QccError(f"input {v.name!r} has dtype {x.dtype}, the model expects {v.dtype}")
+        if v.shape is not None and (len(x.shape) != len(v.shape) or any(
+                d > 0 and d != s for d, s in zip(v.shape, x.shape))):
+            raise QccError(f"input {v.name!r} has shape {x.shape}, the model expects {v.shape}")
+
+
+def run_float(graph: Graph, feeds: dict[str, np.ndarray], keep_all: bool = False,
+              check: bool = True) -> dict[str, np.ndarray]:
+    """Execute `graph` on `feeds`; return the graph outputs (every value if `keep_all`).
+
+    Intermediate arrays are dropped after their last reader unless `keep_all` is set.
+    """
+    if check:
+        check_feeds(graph, feeds)
+    env: dict[str, np.ndarray] = {v.name: np.asarray(feeds[v.name]) for v in graph.inputs}
+    env.update(graph.constants)
+    last_use = {name: end for name, (_, end) in graph.liveness().items()}
+    out_names = {v.name for v in graph.outputs}
+    for i, node in enumerate(graph.nodes):
+        args = [env[v.name] if v is not None else None for v in node.inputs]
+        for value, array in zip(node.outputs, run_node(node, args)):
+            env[value.name] = array
+        if not keep_all:
+            for v in node.inputs:
+                if _dead_after(v, i, last_use, out_names):
+                    env.pop(v.name, None)
+    if keep_all:
+        return env
+    return {v.name: env[v.name] for v in graph.outputs}
+
+
+def _dead_after(v: Value | None, step: int, last_use: dict[str, int], outs: set[str]) -> bool:
+    return v is not None and not v.is_const and v.name not in outs and last_use.get(v.name) == step

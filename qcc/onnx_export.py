@@ -1,0 +1,61 @@
+"""Graph -> ONNX: the inverse of onnx_import, keeping QuantSpec annotations.
+
+Annotations are stored as JSON in the model's metadata (key `qcc.quant`), so a compiled graph
+saved as `model.qcc.onnx` loads back with its precisions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from qcc.ir import Graph, Value
+from qcc.quant_spec import QuantSpec
+
+QUANT_KEY = "qcc.quant"
+
+
+def export_model(graph: Graph) -> onnx.ModelProto:
+    """A ModelProto equivalent to `graph` (constants become initializers)."""
+    nodes = [
+        helper.make_node(n.op_type, [v.name if v is not None else "" for v in n.inputs],
+                         [v.name for v in n.outputs], name=n.name, domain=n.domain or None,
+                         **{k: _attr(v) for k, v in n.attrs.items()})
+        for n in graph.nodes
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v.const), name) for name, v in graph.values.items()
+             if v.is_const]
+    g = helper.make_graph(nodes, graph.name, [_info(v) for v in graph.inputs],
+                          [_info(v) for v in graph.outputs], initializer=inits,
+                          value_info=[_info(v) for v in graph.values.values()
+                                      if v.shape is not None and not v.is_const
+                                      and v not in graph.inputs and v not in graph.outputs])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)],
+                              producer_name="qcc")
+    quant = {name: v.quant.to_dict() for name, v in graph.values.items() if v.quant is not None}
+    if quant:
+        helper.set_model_props(model, {QUANT_KEY: json.dumps(quant, sort_keys=True)})
+    return model
+
+
+def read_annotations(model: onnx.ModelProto, graph: Graph) -> None:
+    """Put the QuantSpecs saved by export_model back onto the graph's values."""
+    for prop in model.metadata_props:
+        if prop.key == QUANT_KEY:
+            for name, spec in json.loads(prop.value).items():
+                if name in graph.values:
+                    graph.values[name].quant = QuantSpec.from_dict(spec)
+
+
+def _info(v: Value) -> onnx.ValueInfoProto:
+    shape = None if v.shape is None else [d if d >= 0 else None for d in v.shape]
+    return helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(v.dtype), shape)
+
+
+def _attr(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    return value
