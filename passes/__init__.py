@@ -1,0 +1,39 @@
+"""Graph -> Graph transformations, one concern per module, registered by name.
+
+    @graph_pass("fold_batchnorm")
+    def fold_batchnorm(graph: Graph) -> Graph: ...
+
+A pass may edit the graph in place and returns it; it appends one line to `graph.history`
+saying what it did. `run_passes(graph, names)` applies them in order; the CLI lists `PASSES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qcc.errors import QccError
+from qcc.ir import Graph
+
+Pass = Callable[[Graph], Graph]
+PASSES: dict[str, Pass] = {}
+
+
+def graph_pass(name: str) -> Callable[[Pass], Pass]:
+    def register(fn: Pass) -> Pass:
+        PASSES[name] = fn
+        return fn
+
+    return register
+
+
+def run_passes(graph: Graph, names: list[str]) -> Graph:
+    _load_passes()
+    for name in names:
+        if name not in PASSES:
+            raise QccError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
+        graph = PASSES[name](graph)
+    return graph
+
+
+def _load_passes() -> None:
+    from passes import fold_batchnorm  # noqa: F401

@@ -10,8 +10,9 @@ only as a derived view for ordering and liveness.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -76,6 +77,7 @@ class Graph:
         self.values: dict[str, Value] = {}
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
+        self.history: list[str] = []  # one line per pass that changed the graph
         self._names = itertools.count()
 
     # -- construction -------------------------------------------------------------------
@@ -150,11 +152,14 @@ class Graph:
             if new.is_const or new in self.inputs or new in self.outputs:
                 # a graph output must keep its name and be produced by a node
                 raise ValueError(f"cannot let graph output {old.name!r} alias {new.name!r}")
+            # the graph output keeps its name: `old` steps aside under a fresh one
             self.outputs = [new if v is old else v for v in self.outputs]
-            del self.values[new.name]
-            del self.values[old.name]
-            new.name = old.name
-            self.values[new.name] = new
+            name = old.name
+            del self.values[new.name], self.values[name]
+            old.name = self.unique_name(name + "_replaced")
+            self.values[old.name] = old
+            new.name = name
+            self.values[name] = new
 
     def set_input(self, node: Node, index: int, value: Value | None) -> None:
         old = node.inputs[index]

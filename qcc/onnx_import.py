@@ -7,6 +7,7 @@ unsupported op, subgraphs) is raised as one QccError line.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,17 @@ def _load_external_data(model: onnx.ModelProto, folder: Path, path: Path) -> Non
         raise QccError(f"{path}: cannot read external data ({e})") from None
 
 
-def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True) -> Graph:
-    """Build a Graph from an ONNX file or ModelProto; fold constant subgraphs if `fold`."""
+def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True,
+                 dynamic_dims: int | None = None) -> Graph:
+    """Build a Graph from an ONNX file or ModelProto; fold constant subgraphs if `fold`.
+
+    `dynamic_dims`, if given, replaces every symbolic or unknown dimension of the graph
+    inputs before shape inference (1 gives the per-sample shapes `qcc inspect` reports).
+    """
     model = source if isinstance(source, onnx.ModelProto) else load_model(source)
     opset = _default_opset(model)
+    if dynamic_dims is not None:
+        model = _fix_dynamic_dims(model, dynamic_dims)
     model = _infer_shapes(model)
     g = model.graph
     graph = Graph(g.name or "model", opset)
@@ -79,12 +87,13 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True)
 
     for index, proto in enumerate(g.node):
         if proto.domain not in ("", "ai.onnx"):
-            raise QccError(f"unsupported op {proto.domain}.{proto.op_type} "
-                           f"(node {proto.name or index!r}): only the default ONNX domain is supported")
+            raise QccError(f"unsupported op {proto.domain}.{proto.op_type} (node "
+                           f"{proto.name or index!r}): only the default ONNX domain is supported")
         inputs = [graph.values[name] if name else None for name in proto.input]
         if any(name and name not in graph.values for name in proto.input):
             missing = next(n for n in proto.input if n and n not in graph.values)
-            raise QccError(f"node {proto.name!r} ({proto.op_type}) reads undefined tensor {missing!r}")
+            raise QccError(f"node {proto.name!r} ({proto.op_type}) reads undefined tensor "
+                           f"{missing!r}")
         outputs = [_typed_value(typed[name]) if name in typed else Value(name)
                    for name in proto.output if name]
         name = graph.unique_node_name(proto.name or f"{proto.op_type}_{index}")
@@ -123,6 +132,18 @@ def fold_constants(graph: Graph) -> bool:
         changed = True
     graph.remove_unused()
     return changed
+
+
+def _fix_dynamic_dims(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    model = copy.deepcopy(model)
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in initializers or not vi.type.HasField("tensor_type"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = size
+    return model
 
 
 def _static(v: Value | None) -> bool:

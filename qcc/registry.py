@@ -12,8 +12,8 @@ Adding an op means adding entries here through the decorators; no other file nee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from qcc.errors import UnsupportedOpError
 from qcc.ir import Node
@@ -29,6 +29,7 @@ class OpDef:
     kernel: Kernel | None = None
     vjp: Callable[..., list] | None = None
     int_kernels: dict[str, Kernel] = field(default_factory=dict)
+    macs: Callable[[Node], int] | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -50,7 +51,7 @@ def float_kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
 
 
 def vjp(*op_types: str) -> Callable[[Callable], Callable]:
-    """Register a vector-Jacobian product: fn(node, inputs, outputs, output_grads) -> input grads."""
+    """Register a VJP: fn(node, inputs, outputs, output_grads) -> one gradient per input."""
 
     def register(fn: Callable) -> Callable:
         for op_type in op_types:
@@ -65,6 +66,17 @@ def int_kernel(op_type: str, scheme: str) -> Callable[[Kernel], Kernel]:
 
     def register(fn: Kernel) -> Kernel:
         _entry(op_type).int_kernels[scheme] = fn
+        return fn
+
+    return register
+
+
+def mac_count(*op_types: str) -> Callable[[Callable[[Node], int]], Callable[[Node], int]]:
+    """Register the multiply-accumulate count of one application of an op (static shapes)."""
+
+    def register(fn: Callable[[Node], int]) -> Callable[[Node], int]:
+        for op_type in op_types:
+            _entry(op_type).macs = fn
         return fn
 
     return register

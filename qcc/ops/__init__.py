@@ -3,4 +3,4 @@
 Importing this package fills qcc.registry.OPS.
 """
 
-from qcc.ops import elementwise, nn, quantize, reduce, tensor  # noqa: F401
+from qcc.ops import elementwise, grads, nn, quantize, reduce, tensor  # noqa: F401
