@@ -56,3 +56,31 @@ def run_float(graph: Graph, feeds: dict[str, np.ndarray], keep_all: bool = False
 
 def _dead_after(v: Value | None, step: int, last_use: dict[str, int], outs: set[str]) -> bool:
     return v is not None and not v.is_const and v.name not in outs and last_use.get(v.name) == step
+
+
+def run_batched(graph: Graph, x: np.ndarray, batch: int = 64, keep_all: bool = False
+                ) -> list[dict[str, np.ndarray]]:
+    """Run a single-input graph over the rows of `x` in chunks of `batch` samples.
+
+    Models exported with a batch dimension of 1 still run on larger batches when every op is
+    batch-agnostic; a model that is not (a Reshape to a literal batch of 1, say) runs sample by
+    sample. Returns one result dict per chunk.
+    """
+    name = graph.inputs[0].name
+    results = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        try:
+            out = run_float(graph, {name: chunk}, keep_all=keep_all, check=False)
+            if _batch_ok(graph, out, len(chunk)):
+                results.append(out)
+                continue
+        except (ValueError, QccError):
+            pass  # not batch-agnostic: fall through to one sample at a time
+        for i in range(len(chunk)):
+            results.append(run_float(graph, {name: chunk[i:i + 1]}, keep_all=keep_all))
+    return results
+
+
+def _batch_ok(graph: Graph, out: dict[str, np.ndarray], n: int) -> bool:
+    return all(out[v.name].shape[:1] == (n,) for v in graph.outputs)

@@ -113,7 +113,7 @@ class Graph:
             if v is not None:
                 v.consumers.append(node)
         for v in outputs:
-            if v.name not in self.values:
+            if self.values.get(v.name) is not v:
                 self.add_value(v)
             v.producer = node
             node.outputs.append(v)

@@ -20,7 +20,7 @@ from onnx import external_data_helper, helper, numpy_helper
 from qcc.errors import QccError
 from qcc.float_exec import run_node
 from qcc.ir import Graph, Value
-from qcc.registry import lookup
+from qcc.registry import QCC_DOMAIN, lookup
 
 MIN_OPSET = 1
 # ops whose output is not a function of their inputs alone: never fold them
@@ -86,7 +86,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True,
             graph.inputs.append(graph.add_value(_typed_value(vi)))
 
     for index, proto in enumerate(g.node):
-        if proto.domain not in ("", "ai.onnx"):
+        if proto.domain not in ("", "ai.onnx", QCC_DOMAIN):
             raise QccError(f"unsupported op {proto.domain}.{proto.op_type} (node "
                            f"{proto.name or index!r}): only the default ONNX domain is supported")
         inputs = [graph.values[name] if name else None for name in proto.input]
@@ -98,7 +98,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True,
                    for name in proto.output if name]
         name = graph.unique_node_name(proto.name or f"{proto.op_type}_{index}")
         node = graph.add_node(proto.op_type, inputs, outputs, _attributes(proto), name)
-        node.opset = opset
+        node.opset, node.domain = opset, proto.domain
         lookup(node)  # refuse unsupported ops at import, naming op and node
 
     for vi in g.output:

@@ -13,7 +13,7 @@ Adding an op means adding entries here through the decorators; no other file nee
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qcc.errors import UnsupportedOpError
 from qcc.ir import Node
@@ -28,11 +28,12 @@ class OpDef:
     op_type: str
     kernel: Kernel | None = None
     vjp: Callable[..., list] | None = None
-    int_kernels: dict[str, Kernel] = field(default_factory=dict)
+    int_kernel: Kernel | None = None
     macs: Callable[[Node], int] | None = None
 
 
 OPS: dict[str, OpDef] = {}
+QCC_DOMAIN = "qcc"  # qcc's own integer ops (QConv, QGemm, Requantize, ...) in exported graphs
 
 
 def _entry(op_type: str) -> OpDef:
@@ -61,11 +62,12 @@ def vjp(*op_types: str) -> Callable[[Callable], Callable]:
     return register
 
 
-def int_kernel(op_type: str, scheme: str) -> Callable[[Kernel], Kernel]:
-    """Register the integer kernel of `op_type` under a quantization scheme."""
+def int_kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
+    """Register the integer kernel (backends/numpy_int) of one or more op types."""
 
     def register(fn: Kernel) -> Kernel:
-        _entry(op_type).int_kernels[scheme] = fn
+        for op_type in op_types:
+            _entry(op_type).int_kernel = fn
         return fn
 
     return register
@@ -92,6 +94,8 @@ def lookup(node: Node) -> OpDef:
     """The registry entry for `node`, or one UnsupportedOpError naming the op and node."""
     _load_ops()
     entry = OPS.get(node.op_type)
+    if node.domain == QCC_DOMAIN and entry is not None and entry.int_kernel is not None:
+        return entry
     if node.domain not in ("", "ai.onnx") or entry is None or entry.kernel is None:
         op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         raise UnsupportedOpError(
@@ -101,4 +105,5 @@ def lookup(node: Node) -> OpDef:
 
 
 def _load_ops() -> None:
-    import qcc.ops  # noqa: F401  (filling the registry is the import's side effect)
+    import backends.numpy_int.kernels  # noqa: F401  (filling the registry is the imports' job)
+    import qcc.ops  # noqa: F401

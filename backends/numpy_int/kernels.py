@@ -1,0 +1,174 @@
+"""Integer kernels of qcc's own ops (domain `qcc`) and of the ONNX ops that are exact on codes.
+
+The arithmetic, written down once (the C runtime mirrors it function for function):
+
+- Accumulation is exact: products and sums of integer codes, with the zero points subtracted
+  first. GEMMs run on BLAS in float32 when every partial sum is provably below 2^24 in
+  magnitude, in float64 below 2^53, and are refused above that; both give the exact integer.
+- `requantize(acc, M, S, zp)` = round_shift(acc · M, S) + zp, one rounding, to nearest with ties
+  away from zero (qcc.numerics.rounding.round_shift), then saturation to the output format's
+  code range [lo, hi] (counted as overflow) and the fused-ReLU clamp at the zero point (not
+  counted). Fixed point has M a power of two, so requantization is a pure shift. M < 2^24 and
+  |acc · M| < 2^62 is checked.
+- Average pools divide the exact window sum by the window count, rounding to nearest with ties
+  away from zero.
+- Ops that only move or select codes (MaxPool, Reshape, Concat, ...) run their float kernels,
+  which are exact on integer arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.numpy_int.interpreter import count_overflow
+from qcc.errors import QccError
+from qcc.ir import Node
+from qcc.numerics.rounding import round_half_away, round_shift
+from qcc.ops import nn
+from qcc.registry import OPS, int_kernel
+
+# ops whose float kernel only moves, selects or compares elements: exact on codes
+CODE_PRESERVING = ("Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose",
+                   "Identity", "Dropout", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split",
+                   "Gather", "Shape", "Constant", "ConstantOfShape")
+
+MAX_MULTIPLIER = 1 << 24
+
+
+def storage_dtype(lo: int, hi: int) -> np.dtype:
+    """The narrowest NumPy integer type holding [lo, hi] (the C backend uses the same)."""
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def requantize(acc: np.ndarray, node: Node, axis: int | None = None) -> np.ndarray:
+    """acc (int64) -> output codes by the node's `multiplier`, `shift`, `out_zero_point`,
+    `out_lo`, `out_hi` and `relu` attributes; per-channel along `axis` when they are lists."""
+    a = node.attrs
+    shape = [1] * acc.ndim
+    if axis is not None:
+        shape[axis] = -1
+    multiplier = np.asarray(a.get("multiplier", 1), np.int64).reshape(shape if np.ndim(
+        a.get("multiplier", 1)) else ())
+    shift = np.asarray(a.get("shift", 0), np.int64).reshape(shape if np.ndim(
+        a.get("shift", 0)) else ())
+    if np.any(multiplier < 1) or np.any(multiplier >= MAX_MULTIPLIER) or np.any(shift < 0):
+        raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24 and S >= 0")
+    if acc.size and int(np.abs(acc).max()) * int(multiplier.max()) >= 1 << 62:
+        raise QccError(f"node {node.name!r}: accumulator too large to requantize exactly")
+    zero_point = int(a.get("out_zero_point", 0))
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    v = round_shift(acc * multiplier, shift) + zero_point
+    relu = bool(a.get("relu", 0))
+    # values below the zero point that a fused ReLU clamps are not overflows
+    count_overflow(node.outputs[0].name, np.count_nonzero((v > hi) | ((v < lo) & (not relu))))
+    floor = max(lo, zero_point) if relu else lo
+    return np.clip(v, floor, hi).astype(storage_dtype(lo, hi))
+
+
+def exact_float_type(k: int, a_max: int, b_max: int, node: Node) -> np.dtype:
+    """float32 or float64, whichever holds every partial sum of a length-k dot product exactly."""
+    bound = k * a_max * b_max
+    if bound < 1 << 24:
+        return np.dtype(np.float32)
+    if bound < 1 << 53:
+        return np.dtype(np.float64)
+    raise QccError(f"node {node.name!r}: accumulator may exceed 53 bits ({bound:.3g})")
+
+
+def _centered(x: np.ndarray, zero_point: int) -> np.ndarray:
+    return x.astype(np.int64) - zero_point
+
+
+def _absmax(x: np.ndarray) -> int:
+    return int(np.abs(x).max()) if x.size else 0
+
+
+@int_kernel("QConv")
+def qconv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Conv of codes: acc = Σ (x − zx)·w + b exactly, then `requantize` per output channel."""
+    xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
+    k = int(np.prod(w.shape[1:]))
+    ft = exact_float_type(k, _absmax(xc), _absmax(w), node)
+    acc = nn.conv(node, xc.astype(ft), w.astype(ft))
+    acc = np.rint(acc).astype(np.int64)
+    if b is not None:
+        acc += b.astype(np.int64).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    return requantize(acc, node, axis=1)
+
+
+@int_kernel("QGemm")
+def qgemm(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x (N, K) times W (K, M), or W (M, K) with transB: exact, then per-column `requantize`."""
+    xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
+    wt = w.T if node.attrs.get("transB", 0) else w
+    ft = exact_float_type(wt.shape[0], _absmax(xc), _absmax(wt), node)
+    acc = np.rint(xc.astype(ft) @ wt.astype(ft)).astype(np.int64)
+    if b is not None:
+        acc += b.astype(np.int64)
+    return requantize(acc, node, axis=acc.ndim - 1)
+
+
+@int_kernel("Requantize", "QAdd")
+def rescale_sum(node: Node, *xs: np.ndarray) -> np.ndarray:
+    """Σ_i (x_i − z_i)·M_i, then round_shift by S and the output zero point (no other multiplier).
+
+    Requantize is the one-input case; QAdd adds two tensors given in different formats.
+    """
+    zero_points = node.attrs.get("zero_points", [0] * len(xs))
+    multipliers = node.attrs["multipliers"]
+    total = sum(_centered(x, z) * int(m) for x, z, m in zip(xs, zero_points, multipliers))
+    acc = np.asarray(total, dtype=np.int64)
+    attrs = {k: v for k, v in node.attrs.items() if k not in ("multipliers", "zero_points")}
+    return requantize(acc, Node(node.op_type, node.name, [], node.outputs, attrs))
+
+
+@int_kernel("Quantize")
+def quantize(node: Node, x: np.ndarray) -> np.ndarray:
+    """Float -> codes at the graph input: round(x / scale) + zp, ties away from zero, saturated."""
+    a = node.attrs
+    v = round_half_away(x.astype(np.float64) / float(a["scale"])) + int(a.get("out_zero_point", 0))
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    count_overflow(node.outputs[0].name, np.count_nonzero((v < lo) | (v > hi)))
+    return np.clip(v, lo, hi).astype(storage_dtype(lo, hi))
+
+
+@int_kernel("Dequantize")
+def dequantize(node: Node, codes: np.ndarray) -> np.ndarray:
+    """Codes -> float32 at the graph output: (c − zp) · scale."""
+    scale = np.float64(node.attrs["scale"])
+    return (_centered(codes, int(node.attrs.get("zero_point", 0))) * scale).astype(np.float32)
+
+
+@int_kernel("AveragePool", "GlobalAveragePool")
+def average_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """Exact window sums divided by the window counts, to nearest with ties away from zero."""
+    if node.op_type == "GlobalAveragePool":
+        axes = tuple(range(2, x.ndim))
+        total = x.astype(np.int64).sum(axis=axes, keepdims=True)
+        counts = np.int64(np.prod([x.shape[i] for i in axes]))
+    else:
+        win = nn._pool_window(node, x)
+        xp = nn._pad(x.astype(np.int64), win)
+        total = sum(xp[(..., *sl)] for sl in win.taps())
+        counts = nn._window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+    return divide_round(total, counts).astype(x.dtype)
+
+
+def divide_round(total: np.ndarray, count: np.ndarray | np.int64) -> np.ndarray:
+    """total / count for positive counts, to nearest, ties away from zero, in integers only."""
+    magnitude = (2 * np.abs(total) + count) // (2 * count)
+    return np.where(total < 0, -magnitude, magnitude)
+
+
+def _register_code_preserving() -> None:
+    for op_type in CODE_PRESERVING:
+        entry = OPS.get(op_type)
+        if entry is not None and entry.kernel is not None and entry.int_kernel is None:
+            entry.int_kernel = entry.kernel
+
+
+_register_code_preserving()

@@ -1,0 +1,314 @@
+"""quantize_graph: rewrite a float graph into qcc's integer graph.
+
+Preconditions: BatchNormalization folded (passes/fold_batchnorm.py); calibration statistics for
+every float tensor (passes/calibrate.py). The result runs on backends/numpy_int and the C backend:
+
+- the graph input passes through `qcc.Quantize`, each graph output through `qcc.Dequantize`;
+- each weighted layer (Conv, Gemm, MatMul with a constant weight) becomes `QConv` / `QGemm` on the
+  codes of its input A_l at B_A bits, with weight codes at B_W bits (the scheme's format), the bias
+  as an integer at the accumulator scale Δ_A·Δ_W, and one requantization of the exact accumulator
+  to the output format; a Relu that is the layer's only reader is fused into it as a clamp;
+- Add of two tensors becomes `QAdd` (both inputs rescaled to the output format);
+- ops that only move codes (MaxPool, Reshape, Concat, ...) and average pools keep their format;
+- a tensor whose format differs from what its reader needs passes through `Requantize`;
+- float ops are allowed only after the last integer result (a final Softmax), behind Dequantize.
+
+The format of a tensor follows from its readers: the input of layer l gets B_A(l) bits
+(seeds/001 eq. 1 chooses them), and its range from calibration (a power-of-two PDR for fixed
+point). A tensor no weighted layer reads (the logits, a residual branch) gets the config's
+`default_bits` (`output_bits` for graph outputs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backends.numpy_int.kernels import CODE_PRESERVING, MAX_MULTIPLIER, storage_dtype
+from passes.calibrate import TensorStats
+from passes.schemes import CodeFormat, get_scheme
+from qcc.errors import QccError
+from qcc.ir import Graph, Node, Value
+from qcc.registry import QCC_DOMAIN
+
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+SAME_FORMAT = CODE_PRESERVING + ("AveragePool", "GlobalAveragePool")
+MULTIPLIER_BITS = 23  # M = round(m · 2^23) for a real ratio m · 2^e, m in [0.5, 1)
+
+
+@dataclass
+class LayerConfig:
+    weight_bits: int
+    act_bits: int
+    scheme: str
+
+
+@dataclass
+class QuantConfig:
+    """Bits and scheme per weighted layer (by node name), with defaults for the rest."""
+
+    scheme: str = "fixed"
+    default_bits: int = 8
+    output_bits: int = 16
+    layers: dict[str, LayerConfig] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerConfig:
+        return self.layers.get(name, LayerConfig(self.default_bits, self.default_bits,
+                                                 self.scheme))
+
+
+def weighted_layers(graph: Graph) -> list[Node]:
+    """Conv / Gemm / MatMul nodes whose weight (second input) is a constant, in order."""
+    return [n for n in graph.nodes if n.op_type in WEIGHTED and n.inputs[1] is not None
+            and n.inputs[1].is_const and (n.op_type != "MatMul" or n.inputs[1].const.ndim == 2)]
+
+
+def multiplier_shift(ratio: float) -> tuple[int, int]:
+    """(M, S) with ratio ≈ M · 2^-S, 1 <= M < 2^24, S >= 0; exact when ratio is a power of two."""
+    if not ratio > 0 or not math.isfinite(ratio):
+        raise QccError(f"cannot requantize by the ratio {ratio}")
+    mantissa, exponent = math.frexp(ratio)
+    if mantissa == 0.5:  # a power of two: a pure shift
+        e = exponent - 1
+        return (1, -e) if e <= 0 else (1 << e, 0)
+    m = round(mantissa * (1 << MULTIPLIER_BITS))
+    shift = MULTIPLIER_BITS - exponent
+    if shift < 0:
+        m <<= -shift
+        shift = 0
+    if m >= MAX_MULTIPLIER:
+        raise QccError(f"requantization ratio {ratio:.3g} is too large")
+    return m, min(shift, 62)
+
+
+class _Rewriter:
+    def __init__(self, graph: Graph, stats: dict[str, TensorStats], config: QuantConfig):
+        self.src, self.stats, self.config = graph, stats, config
+        self.out = Graph(graph.name, graph.opset)
+        self.codes: dict[str, tuple[Value, CodeFormat]] = {}  # float value -> its codes
+        self.float_tail: dict[str, Value] = {}  # float values after dequantization
+        self.layers = {n.name: n for n in weighted_layers(graph)}
+        self.fused_relu = self._fusable_relus()
+
+    # -- formats ------------------------------------------------------------------------
+    def _fusable_relus(self) -> dict[str, Node]:
+        """producer node name -> its Relu reader, where that Relu is the only reader."""
+        fused = {}
+        for node in self.src.nodes:
+            if node.op_type in WEIGHTED + ("Add", "Sum") and len(node.outputs[0].consumers) == 1:
+                reader = node.outputs[0].consumers[0]
+                if reader.op_type == "Relu" and node.outputs[0] not in self.src.outputs:
+                    fused[node.name] = reader
+        return fused
+
+    def wanted_bits(self, value: Value) -> int:
+        """B_A of the weighted layers that read `value` (through code-moving ops), else default."""
+        bits, stack, seen = [], [value], set()
+        while stack:
+            v = stack.pop()
+            for reader in v.consumers:
+                if reader.name in seen:
+                    continue
+                seen.add(reader.name)
+                if reader.name in self.layers and reader.inputs[0] is v:
+                    bits.append(self.config.layer(reader.name).act_bits)
+                elif reader.op_type in SAME_FORMAT:
+                    stack.extend(reader.outputs)
+        if bits:
+            return max(bits)
+        reaches_output = value in self.src.outputs or any(
+            c.op_type not in SAME_FORMAT for c in value.consumers if c.name not in self.layers)
+        return self.config.output_bits if reaches_output else self.config.default_bits
+
+    def format_for(self, value: Value, scheme: str, bits: int | None = None) -> CodeFormat:
+        if value.name not in self.stats:
+            raise QccError(f"no calibration statistics for tensor {value.name!r}")
+        return get_scheme(scheme).activation(self.stats[value.name],
+                                             bits or self.wanted_bits(value))
+
+    # -- emission -----------------------------------------------------------------------
+    def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,
+             attrs: dict, src_name: str) -> Value:
+        out = Value(self.out.unique_name(f"{name}_codes"), None, storage_dtype(fmt.lo, fmt.hi),
+                    quant=fmt.spec)
+        self.out.add_node(op, inputs, [out], attrs, self.out.unique_node_name(src_name))
+        self.out.nodes[-1].domain = QCC_DOMAIN if op[0] == "Q" or op in (
+            "Requantize", "Dequantize") else ""
+        return out
+
+    def const(self, name: str, array: np.ndarray, spec=None) -> Value:
+        v = self.out.add_const(name, array)
+        v.quant = spec
+        return v
+
+    def in_format(self, value: Value, fmt: CodeFormat, reader: str) -> Value:
+        """The codes of float `value` in format `fmt`, requantized if they are in another."""
+        codes, have = self.codes[value.name]
+        if have.same_codes(fmt):
+            return codes
+        m, s = multiplier_shift(float(have.scales[0] / fmt.scales[0]))
+        return self.emit("Requantize", [codes], f"{value.name}_rq", fmt,
+                         {"multipliers": [m], "zero_points": [have.zero_point], "shift": s,
+                          **_out_attrs(fmt)}, f"{reader}_requantize")
+
+    def output_format(self, node: Node, scheme: str) -> tuple[Value, CodeFormat, bool]:
+        """The float value a rewritten node stands for (its fused Relu's output, if any)."""
+        relu = self.fused_relu.get(node.name)
+        value = relu.outputs[0] if relu is not None else node.outputs[0]
+        return value, self.format_for(value, scheme), relu is not None
+
+    # -- node rewrites ------------------------------------------------------------------
+    def run(self) -> Graph:
+        for v in self.src.inputs:
+            fmt = self.format_for(v, self.config.scheme)
+            inp = self.out.add_value(Value(v.name, v.shape, v.dtype))
+            self.out.inputs.append(inp)
+            self.codes[v.name] = (self.emit(
+                "Quantize", [inp], f"{v.name}_q", fmt,
+                {"scale": float(fmt.scales[0]), **_out_attrs(fmt)}, f"{v.name}_quantize"), fmt)
+        fused_readers = {r.name for r in self.fused_relu.values()}
+        for node in self.src.nodes:
+            if node.name in fused_readers:
+                continue
+            if node.name in self.layers:
+                self.weighted(node)
+            elif node.op_type in ("Add", "Sum") and all(not v.is_const for v in node.inputs):
+                self.add(node)
+            elif node.op_type in SAME_FORMAT and node.inputs[0].name in self.codes:
+                self.same_format(node)
+            else:
+                self.float_op(node)
+        self.finish_outputs()
+        return self.out
+
+    def weighted(self, node: Node) -> None:
+        cfg = self.config.layer(node.name)
+        scheme = get_scheme(cfg.scheme)
+        x = node.inputs[0]
+        x_fmt = self.format_for(x, cfg.scheme, cfg.act_bits)
+        x_codes = self.in_format(x, x_fmt, node.name)
+        w = node.inputs[1].const.astype(np.float64)
+        trans = node.op_type == "Gemm" and node.attrs.get("transB", 0)
+        axis = 0 if node.op_type == "Conv" or trans else 1
+        if node.op_type == "Gemm":
+            w = w * node.attrs.get("alpha", 1.0)
+            if node.attrs.get("transA", 0):
+                raise QccError(f"Gemm {node.name!r} with transA is not supported in integer form")
+        w_codes, w_fmt = scheme.weight(w, cfg.weight_bits, axis)
+        acc_scale = x_fmt.scales[0] * np.broadcast_to(w_fmt.scales, (w.shape[axis],))
+        value, out_fmt, relu = self.output_format(node, cfg.scheme)
+        inputs = [x_codes, self.const(f"{node.name}_w", w_codes.astype(
+            storage_dtype(int(w_codes.min(initial=0)), int(w_codes.max(initial=0)))), w_fmt.spec)]
+        bias = node.input(2)
+        if bias is not None:
+            b = np.broadcast_to(bias.const.astype(np.float64), (w.shape[axis],))
+            b = b * (node.attrs.get("beta", 1.0) if node.op_type == "Gemm" else 1.0)
+            inputs.append(self.const(f"{node.name}_b", np.round(b / acc_scale).astype(np.int32)))
+        pairs = [multiplier_shift(float(r)) for r in acc_scale / out_fmt.scales[0]]
+        attrs = {"x_zero_point": x_fmt.zero_point, "multiplier": [m for m, _ in pairs],
+                 "shift": [s for _, s in pairs], "relu": int(relu), **_out_attrs(out_fmt)}
+        if node.op_type == "Conv":
+            attrs.update({k: v for k, v in node.attrs.items()
+                          if k in ("strides", "pads", "dilations", "group", "kernel_shape",
+                                   "auto_pad")})
+            op = "QConv"
+        else:
+            attrs["transB"] = int(trans)
+            op = "QGemm"
+        self.codes[value.name] = (self.emit(op, inputs, value.name, out_fmt, attrs, node.name),
+                                  out_fmt)
+
+    def add(self, node: Node) -> None:
+        value, out_fmt, relu = self.output_format(node, self.config.scheme)
+        codes, fmts = zip(*(self.codes[v.name] for v in node.inputs))
+        # common fine scale: every input ratio becomes an integer multiplier over 2^S
+        ratios = [float(f.scales[0] / out_fmt.scales[0]) for f in fmts]
+        pairs = [multiplier_shift(r) for r in ratios]
+        shift = max(s for _, s in pairs)
+        multipliers = [m << (shift - s) for m, s in pairs]
+        self.codes[value.name] = (self.emit(
+            "QAdd", list(codes), value.name, out_fmt,
+            {"multipliers": multipliers, "zero_points": [f.zero_point for f in fmts],
+             "shift": shift, "relu": int(relu), **_out_attrs(out_fmt)}, node.name), out_fmt)
+
+    def same_format(self, node: Node) -> None:
+        first_codes, fmt = self.codes[node.inputs[0].name]
+        inputs = []
+        for v in node.inputs:
+            if v is None:
+                inputs.append(None)
+            elif v.is_const:
+                inputs.append(self.const(f"{node.name}_{v.name}", v.const))
+            else:
+                inputs.append(self.in_format(v, fmt, node.name))
+        if node.op_type == "Relu" and fmt.zero_point != 0:
+            raise QccError(f"Relu {node.name!r} on zero-point codes must be fused")
+        outs = [Value(self.out.unique_name(o.name), None, inputs[0].dtype, quant=fmt.spec)
+                for o in node.outputs]
+        self.out.add_node(node.op_type, inputs, outs, dict(node.attrs), node.name)
+        for o, new in zip(node.outputs, outs):
+            self.codes[o.name] = (new, fmt)
+
+    def float_op(self, node: Node) -> None:
+        """A float op is allowed only on dequantized values that lead to outputs alone."""
+        if any(_reaches_integer_op(o, self) for o in node.outputs):
+            raise QccError(f"op {node.op_type} (node {node.name!r}) has no integer form in qcc; "
+                           "float ops may only follow the last integer result")
+        inputs = [self.dequantized(v) if v is not None else None for v in node.inputs]
+        outs = [Value(o.name if o in self.src.outputs else self.out.unique_name(o.name),
+                      o.shape, o.dtype) for o in node.outputs]
+        self.out.add_node(node.op_type, inputs, outs, dict(node.attrs), node.name)
+        for o, new in zip(node.outputs, outs):
+            self.float_tail[o.name] = new
+
+    def dequantized(self, v: Value) -> Value:
+        if v.is_const:
+            return self.const(v.name, v.const)
+        if v.name in self.float_tail:
+            return self.float_tail[v.name]
+        codes, fmt = self.codes[v.name]
+        name = v.name if v in self.src.outputs else self.out.unique_name(f"{v.name}_dq")
+        out = Value(name, v.shape, np.dtype(np.float32))
+        self.out.add_node("Dequantize", [codes], [out],
+                          {"scale": float(fmt.scales[0]), "zero_point": fmt.zero_point},
+                          self.out.unique_node_name(f"{v.name}_dequantize"))
+        self.out.nodes[-1].domain = QCC_DOMAIN
+        self.float_tail[v.name] = out
+        return out
+
+    def finish_outputs(self) -> None:
+        for v in self.src.outputs:
+            self.out.outputs.append(self.dequantized(v))
+
+
+def _out_attrs(fmt: CodeFormat) -> dict:
+    return {"out_zero_point": fmt.zero_point, "out_lo": fmt.lo, "out_hi": fmt.hi}
+
+
+def _reaches_integer_op(value: Value, rw: _Rewriter) -> bool:
+    """Whether a float op's output flows into a node that would need codes again."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        for reader in v.consumers:
+            if reader.name in seen:
+                continue
+            seen.add(reader.name)
+            if reader.name in rw.layers or reader.op_type in ("Add", "Sum"):
+                return True
+            stack.extend(reader.outputs)
+    return False
+
+
+def quantize_graph(graph: Graph, stats: dict[str, TensorStats], config: QuantConfig) -> Graph:
+    """The integer graph of `graph` (see the module docstring); seeds/001 §2.1 fixed point,
+    seeds/000 §B affine, seeds/004 eq. 5-6 APoT weights, per the config's schemes."""
+    if not weighted_layers(graph):
+        raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
+                       "weights) to quantize")
+    out = _Rewriter(graph, stats, config).run()
+    out.history = graph.history + [f"quantize_graph: {len(weighted_layers(graph))} weighted "
+                                   f"layers, scheme {config.scheme}"]
+    return out
