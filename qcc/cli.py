@@ -77,13 +77,26 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--output", "output", type=click.Path(path_type=Path), default=None,
               help="Write the output to this .npy (several outputs: .npz).")
 def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
-    """Run MODEL with the float reference interpreter on the given inputs."""
+    """Run MODEL on the given inputs.
+
+    MODEL is an .onnx file (float reference interpreter) or a folder written by `qcc compile`
+    (the NumPy integer interpreter, with its saturation counts).
+    """
+    from backends.numpy_int import run_integer
+    from qcc.compiler import load_outdir
     from qcc.float_exec import run_float
     from qcc.onnx_import import import_model
 
-    graph = import_model(model)
-    feeds = _parse_inputs(inputs, [v.name for v in graph.inputs])
-    results = run_float(graph, feeds)
+    if model.is_dir():
+        graph = load_outdir(model).integer
+        feeds = _parse_inputs(inputs, [v.name for v in graph.inputs])
+        results, report = run_integer(graph, feeds)
+        click.echo(f"integer interpreter: {report.total_overflows} saturated values"
+                   + "".join(f"\n  {t}: {c}" for t, c in report.overflows.items()))
+    else:
+        graph = import_model(model)
+        feeds = _parse_inputs(inputs, [v.name for v in graph.inputs])
+        results = run_float(graph, feeds)
     for name, y in results.items():
         click.echo(f"{name}: shape {list(y.shape)} dtype {y.dtype} "
                    f"min {np.min(y):.6g} max {np.max(y):.6g}" if y.size else f"{name}: empty")
@@ -92,6 +105,73 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
     if output is not None:
         save_arrays(output, results)
         click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--bits", "bits", default="8", show_default=True, metavar="N|auto",
+              help="Bits of every feed-forward tensor (1-16), or `auto` for the seeds/001 method.")
+@click.option("--scheme", default="fixed", show_default=True,
+              help="Number format: fixed, affine, apot, pot, binary, ternary.")
+@click.option("--overrides", type=click.Path(path_type=Path), default=None,
+              help='JSON {"layer" | "@first" | "@last": {"scheme": S, "bits": N}} per layer.')
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration inputs (.npz with key x). Default: N(0,1) noise, with a note.")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
+              help="Output folder (replaced only when the compile succeeds).")
+def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: Path | None,
+            outdir: Path) -> None:
+    """Quantize MODEL (.onnx) into an integer graph and write OUTDIR.
+
+    OUTDIR holds model.qcc.onnx (the integer graph, runnable with `qcc run OUTDIR`),
+    reference.onnx (the float graph it was made from) and precision.json.
+    """
+    from qcc.compiler import check_bits, compile_model, known_schemes, write_outdir
+
+    if scheme not in known_schemes():
+        raise QccError(f"unknown scheme {scheme!r}; known: {', '.join(known_schemes())}")
+    if not bits.isdigit():
+        raise QccError(f"--bits must be a number from 1 to 16 or 'auto', got {bits!r}")
+    compiled = compile_model(model, check_bits(int(bits)), scheme, calib, overrides)
+    for note in compiled.notes:
+        click.echo(f"qcc: note: {note}", err=True)
+    write_outdir(compiled, outdir)
+    _print_layers(compiled.precision)
+    click.echo(f"wrote {outdir}")
+
+
+def _print_layers(precision: dict) -> None:
+    table = Table(title=f"precision ({precision['mode']}, scheme {precision['scheme']})")
+    for col in ("layer", "op", "scheme", "B_W", "B_A", "weights", "input"):
+        table.add_column(col)
+    for layer in precision["layers"]:
+        table.add_row(layer["name"], layer["op"], layer["scheme"], str(layer["B_W"]),
+                      str(layer["B_A"]), layer["weight_format"], layer["activation_format"])
+    console.print(table)
+
+
+@main.command(name="eval")
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Labelled data (.npz with keys x and y).")
+def evaluate(outdir: Path, data: Path) -> None:
+    """Accuracy of a compiled OUTDIR against its float reference, p_m and saturation counts."""
+    from qcc.compiler import load_data, load_outdir
+    from qcc.evaluate import evaluate_outdir
+
+    loaded = load_outdir(outdir)
+    x, y = load_data(data, loaded.reference, "evaluation data", need_labels=True)
+    result = evaluate_outdir(loaded, x, y)
+    table = Table(title=f"{outdir} on {len(x)} samples")
+    for col in ("metric", "value"):
+        table.add_column(col)
+    table.add_row("float accuracy", f"{100 * result.float_accuracy:.2f} %")
+    table.add_row("integer accuracy", f"{100 * result.integer_accuracy:.2f} %")
+    table.add_row("p_m (mismatch vs float)", f"{100 * result.mismatch:.2f} %")
+    table.add_row("saturated values", f"{result.report.total_overflows:,}")
+    console.print(table)
+    for tensor, count in result.report.overflows.items():
+        click.echo(f"  saturated in {tensor}: {count}")
 
 
 def _parse_inputs(specs: tuple[str, ...], names: list[str]) -> dict[str, np.ndarray]:

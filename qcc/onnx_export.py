@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from qcc.ir import Graph, Value
 from qcc.quant_spec import QuantSpec
+from qcc.registry import QCC_DOMAIN
 
 QUANT_KEY = "qcc.quant"
 
@@ -33,8 +34,10 @@ def export_model(graph: Graph) -> onnx.ModelProto:
                           value_info=[_info(v) for v in graph.values.values()
                                       if v.shape is not None and not v.is_const
                                       and v not in graph.inputs and v not in graph.outputs])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opset)],
-                              producer_name="qcc")
+    opsets = [helper.make_opsetid("", graph.opset)]
+    if any(n.domain == QCC_DOMAIN for n in graph.nodes):
+        opsets.append(helper.make_opsetid(QCC_DOMAIN, 1))
+    model = helper.make_model(g, opset_imports=opsets, producer_name="qcc")
     quant = {name: v.quant.to_dict() for name, v in graph.values.items() if v.quant is not None}
     if quant:
         helper.set_model_props(model, {QUANT_KEY: json.dumps(quant, sort_keys=True)})
