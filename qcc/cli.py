@@ -117,9 +117,18 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
               help='JSON {"layer" | "@first" | "@last": {"scheme": S, "bits": N}} per layer.')
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration inputs (.npz with key x). Default: N(0,1) noise, with a note.")
+@click.option("--train-data", type=click.Path(path_type=Path), default=None,
+              help="--bits auto: labelled training data (.npz, keys x and y) for the gradient "
+                   "statistics. Default: the calibration inputs, labelled by the model.")
+@click.option("--pm-target", type=float, default=0.01, show_default=True,
+              help="--bits auto: largest allowed mismatch p_m against the float model.")
+@click.option("--lr-min", type=float, default=None,
+              help="--bits auto: smallest learning rate of training (eq. 4). Default: the "
+                   "warm-up schedule's.")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
               help="Output folder (replaced only when the compile succeeds).")
 def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: Path | None,
+            train_data: Path | None, pm_target: float, lr_min: float | None,
             outdir: Path) -> None:
     """Quantize MODEL (.onnx) into an integer graph and write OUTDIR.
 
@@ -130,9 +139,10 @@ def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: 
 
     if scheme not in known_schemes():
         raise QccError(f"unknown scheme {scheme!r}; known: {', '.join(known_schemes())}")
-    if not bits.isdigit():
+    if bits != "auto" and not bits.isdigit():
         raise QccError(f"--bits must be a number from 1 to 16 or 'auto', got {bits!r}")
-    compiled = compile_model(model, check_bits(int(bits)), scheme, calib, overrides)
+    compiled = compile_model(model, bits if bits == "auto" else check_bits(int(bits)), scheme,
+                             calib, overrides, train_data, pm_target, lr_min)
     for note in compiled.notes:
         click.echo(f"qcc: note: {note}", err=True)
     write_outdir(compiled, outdir)
@@ -141,13 +151,34 @@ def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: 
 
 
 def _print_layers(precision: dict) -> None:
-    table = Table(title=f"precision ({precision['mode']}, scheme {precision['scheme']})")
-    for col in ("layer", "op", "scheme", "B_W", "B_A", "weights", "input"):
+    """The per-layer precision table; with --bits auto the L x 5 configuration and costs."""
+    auto = precision["mode"] == "auto"
+    title = f"precision ({precision['mode']}, scheme {precision['scheme']})"
+    if auto:
+        pm = precision["p_m"]
+        title += (f": B_min = {precision['B_min']}, p_m = {_pct(pm['C_o'])} at C_o, "
+                  f"{_pct(pm['C_o-1'])} at C_o-1, {_pct(pm['C_o+1'])} at C_o+1")
+    table = Table(title=title)
+    keys = ["name", "op", "B_W", "B_A"] + (["B_GW", "B_GA", "B_acc"] if auto else []) + [
+        "weight_format", "activation_format"]
+    for col in ["layer", *keys[1:-2], "weights", "input"]:
         table.add_column(col)
     for layer in precision["layers"]:
-        table.add_row(layer["name"], layer["op"], layer["scheme"], str(layer["B_W"]),
-                      str(layer["B_A"]), layer["weight_format"], layer["activation_format"])
+        table.add_row(*[str(layer[k]) for k in keys])
     console.print(table)
+    if auto:
+        costs = Table(title="costs per training iteration (seeds/001 §2.2)")
+        for col in ("", "C_W (bits)", "C_A (bits)", "C_M (FA)", "C_C (bits)"):
+            costs.add_column(col)
+        for row in ("float", "C_o", "reduction"):
+            fmt = "{:.2f}x" if row == "reduction" else "{:.3g}"
+            costs.add_row(row, *[fmt.format(precision["costs"][row][k])
+                                 for k in ("C_W", "C_A", "C_M", "C_C")])
+        console.print(costs)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
 @main.command(name="eval")

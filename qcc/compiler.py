@@ -114,11 +114,14 @@ def check_bits(bits: object) -> int:
     return bits
 
 
-def compile_model(model: Path, bits: int, scheme: str, calib: Path | None = None,
-                  overrides: Path | None = None) -> Compiled:
-    """Import, fold, calibrate and quantize MODEL at `bits` bits with `scheme`."""
+def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None = None,
+                  overrides: Path | None = None, train_data: Path | None = None,
+                  pm_target: float = 0.01, lr_min: float | None = None) -> Compiled:
+    """Import, fold, calibrate and quantize MODEL: every tensor at `bits` bits, or with
+    bits == "auto" by the seeds/001 methodology (passes/annotate_precision.py)."""
     get_scheme(scheme)
-    check_bits(bits)
+    if bits != "auto":
+        check_bits(bits)
     graph = run_passes(import_model(model), ["fold_batchnorm"])
     if not weighted_layers(graph):
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
@@ -130,12 +133,31 @@ def compile_model(model: Path, bits: int, scheme: str, calib: Path | None = None
                      "(give --calib DATA.npz with real inputs for real ranges)")
     else:
         x, _ = load_data(calib, graph, "calibration data")
+    if bits == "auto":
+        return _compile_auto(graph, x, scheme, overrides, train_data, pm_target, lr_min, notes)
     stats = calibrate(graph, x)
     config = QuantConfig(scheme=scheme, default_bits=bits, output_bits=max(bits, 16))
     config.layers.update(read_overrides(overrides, graph, config))
     integer = quantize_graph(graph, stats, config)
     return Compiled(graph, integer, config, stats, precision_report(graph, integer, config),
                     notes)
+
+
+def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | None,
+                  train_data: Path | None, pm_target: float, lr_min: float | None,
+                  notes: list[str]) -> Compiled:
+    from passes.annotate_precision import annotate_precision
+
+    if overrides is not None:
+        raise QccError("--overrides sets bits by hand and cannot be combined with --bits auto")
+    train_x = train_y = None
+    if train_data is not None:
+        train_x, train_y = load_data(train_data, graph, "training data", need_labels=True)
+    else:
+        notes.append("no --train-data: gradient statistics come from a short float warm-up on "
+                     "the calibration inputs labelled by the model's own predictions")
+    result = annotate_precision(graph, x, pm_target, train_x, train_y, lr_min, scheme)
+    return Compiled(graph, result.integer, result.config, result.stats, result.report, notes)
 
 
 def precision_report(graph: Graph, integer: Graph, config: QuantConfig) -> dict[str, Any]:
