@@ -34,11 +34,12 @@ from qcc.autodiff import WeightedLayer, backward, logits_value, weighted_layers
 from qcc.errors import QccError
 from qcc.evaluate import float_predictions, integer_predictions
 from qcc.float_exec import run_float
-from qcc.ir import Graph
+from qcc.ir import Graph, Node
+from qcc.ops.grads import conv_geometry, im2col
 from qcc.train import TrainConfig, TrainResult, train
 
 MAX_BITS = 16
-GAIN_SAMPLES = 128  # estimation samples for eq. 6 (each costs M - 1 backward passes)
+GAIN_SAMPLES = 64  # estimation samples for eq. 6 (each costs M - 1 backward passes)
 
 
 @dataclass
@@ -49,39 +50,72 @@ class AutoResult:
     report: dict[str, Any]
 
 
-def noise_gains(graph: Graph, x: np.ndarray, layers: list[WeightedLayer]
+def noise_gains(graph: Graph, x: np.ndarray, layers: list[WeightedLayer], chunk: int = 4
                 ) -> tuple[list[float], list[float]]:
-    """eq. 6 per layer: (E_{W_l->p_m}, E_{A_l->p_m}) averaged over the samples of x."""
+    """eq. 6 per layer: (E_{W_l->p_m}, E_{A_l->p_m}) averaged over the samples of x.
+
+    The M - 1 backward passes of a sample (seeds e_i - e_yhat, i != yhat) run as one batched
+    backward over the sample's forward tensors repeated M times (the yhat row has a zero seed).
+    Activation gradients come out per row; the weight gradient of each row is rebuilt from the
+    layer's input and that row's output gradient (`_row_weight_sq_norms`), since a batched
+    backward would sum them.
+    """
     logits = logits_value(graph).name
-    wrt = {layer.weight for layer in layers} | {layer.input for layer in layers}
+    wrt = {layer.input for layer in layers} | {layer.output for layer in layers}
+    names = [v.name for v in graph.values.values() if not v.is_const]
     z_all, sq_w, sq_a = [], [], []
-    for n in range(len(x)):
-        env = run_float(graph, {graph.inputs[0].name: x[n:n + 1]}, keep_all=True, check=False)
-        z = env[logits].reshape(1, -1).astype(np.float64)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        env = run_float(graph, {graph.inputs[0].name: part}, keep_all=True, check=False)
+        z = env[logits].reshape(len(part), -1).astype(np.float64)
         classes = z.shape[1]
-        yhat = int(z.argmax())
-        row_w = np.zeros((len(layers), classes))
-        row_a = np.zeros((len(layers), classes))
-        for i in range(classes):
-            if i == yhat:
-                continue
-            seed = np.zeros_like(env[logits]).reshape(1, -1)
-            seed[0, i], seed[0, yhat] = 1.0, -1.0
-            grads = backward(graph, env, {logits: seed.reshape(env[logits].shape)}, wrt)
-            for k, layer in enumerate(layers):
-                row_w[k, i] = float(np.sum(np.square(grads[layer.weight], dtype=np.float64)))
-                row_a[k, i] = float(np.sum(np.square(grads[layer.input], dtype=np.float64)))
-        z_all.append(z[0])
-        sq_w.append(row_w)
-        sq_a.append(row_a)
-    z_all = np.array(z_all)
-    gains_w = [precision.noise_gain(z_all, np.array([s[k] for s in sq_w]))
-               for k in range(len(layers))]
-    gains_a = [precision.noise_gain(z_all, np.array([s[k] for s in sq_a]))
-               for k in range(len(layers))]
+        rows = np.eye(classes)[None, :, :] - np.eye(classes)[z.argmax(axis=1)][:, None, :]
+        repeated = {n: np.repeat(env[n], classes, axis=0) if n in names else a
+                    for n, a in env.items()}
+        seed = rows.reshape(len(part) * classes, *env[logits].shape[1:]).astype(
+            env[logits].dtype)
+        grads = backward(graph, repeated, {logits: seed}, wrt)
+        node_of = {n.name: n for n in graph.nodes}
+        w_rows = np.stack([_row_weight_sq_norms(node_of[layer.node], env[layer.input],
+                                                grads[layer.output], classes)
+                           for layer in layers], axis=1)  # (samples, layers, classes)
+        a_rows = np.stack([_row_sq(grads[layer.input]).reshape(len(part), classes)
+                           for layer in layers], axis=1)
+        z_all.append(z)
+        sq_w.append(w_rows)
+        sq_a.append(a_rows)
+    z_all, sq_w, sq_a = np.concatenate(z_all), np.concatenate(sq_w), np.concatenate(sq_a)
+    gains_w = [precision.noise_gain(z_all, sq_w[:, k]) for k in range(len(layers))]
+    gains_a = [precision.noise_gain(z_all, sq_a[:, k]) for k in range(len(layers))]
     if not all(math.isfinite(g) and g > 0 for g in gains_w + gains_a):
         raise QccError("noise gains are not finite: a calibration sample has tied logits")
     return gains_w, gains_a
+
+
+def _row_sq(g: np.ndarray) -> np.ndarray:
+    return np.square(g.reshape(len(g), -1), dtype=np.float64).sum(axis=1)
+
+
+def _row_weight_sq_norms(node: Node, a: np.ndarray, g: np.ndarray, classes: int) -> np.ndarray:
+    """(samples, classes): |dW|² for every seed row, from the layer input of each sample and
+    the rows' output gradients (the weight-gradient half of the layer's VJP, row by row)."""
+    n = len(a)
+    if node.op_type == "Conv":
+        w_shape = node.inputs[1].const.shape
+        groups = int(node.attrs.get("group", 1))
+        geom = conv_geometry(node, a.shape, w_shape, g.shape)
+        k = int(np.prod(geom.kernel))
+        cols = im2col(geom.pad(a.swapaxes(0, 1)), geom)  # (C, K, N, *out)
+        cols = cols.reshape(groups, a.shape[1] // groups * k, n, -1).transpose(2, 0, 3, 1)
+        dy = g.reshape(n, classes, groups, w_shape[0] // groups, -1)
+        dw = np.matmul(dy, cols[:, None])  # (N, classes, groups, Mg, Cg·K)
+        return np.square(dw, dtype=np.float64).sum(axis=(2, 3, 4))
+    # Gemm / MatMul on (N, K) inputs: dW of one row is alpha · x ⊗ g, |dW|² = α²|x|²|g|²
+    alpha = float(node.attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+    if node.op_type == "Gemm" and node.attrs.get("transA", 0):
+        raise QccError(f"noise gains of Gemm {node.name!r} with transA are not supported")
+    x_sq = _row_sq(a)
+    return alpha ** 2 * x_sq[:, None] * _row_sq(g).reshape(n, classes)
 
 
 def feedforward_config(offsets_w: list[int], offsets_a: list[int], b_min: int,

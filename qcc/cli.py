@@ -47,10 +47,21 @@ def main() -> None:
 def inspect(model: Path, as_json: bool) -> None:
     """Per-node table of MODEL (.onnx): op, output shape, parameters and MACs, with totals.
 
-    Dynamic dimensions of the inputs are taken as 1 for the counts.
+    Dynamic dimensions of the inputs are taken as 1 for the counts. For a folder written by
+    `qcc compile`, the precision of every layer (the L x 5 table and costs with --bits auto).
     """
     from qcc.analysis import summary_dict
     from qcc.onnx_import import import_model
+
+    if model.is_dir():
+        from qcc.compiler import load_outdir
+
+        precision = load_outdir(model).precision
+        if as_json:
+            click.echo(json.dumps(precision, indent=2))
+        else:
+            _print_layers(precision)
+        return
 
     summary = summary_dict(import_model(model, dynamic_dims=1))
     if as_json:

@@ -9,7 +9,6 @@ only as a derived view for ordering and liveness.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +77,7 @@ class Graph:
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.history: list[str] = []  # one line per pass that changed the graph
-        self._names = itertools.count()
+        self._next_suffix = 0  # a plain int, so a Graph deep-copies
 
     # -- construction -------------------------------------------------------------------
     def add_value(self, value: Value) -> Value:
@@ -94,8 +93,12 @@ class Graph:
     def unique_name(self, base: str) -> str:
         name = base
         while name in self.values or name == "":
-            name = f"{base}_{next(self._names)}"
+            name = f"{base}_{self._suffix()}"
         return name
+
+    def _suffix(self) -> int:
+        self._next_suffix += 1
+        return self._next_suffix
 
     def add_node(
         self,
@@ -127,7 +130,7 @@ class Graph:
         used = {n.name for n in self.nodes}
         name = base
         while name in used:
-            name = f"{base}_{next(self._names)}"
+            name = f"{base}_{self._suffix()}"
         return name
 
     # -- edits ---------------------------------------------------------------------------
