@@ -7,7 +7,8 @@ once by a seeded permutation into 1000 train / 397 calibration / 400 test sample
 Model (6218 weights): 1x8x8 -> Conv3x3 8 pad 1 -> Relu -> Conv3x3 16 -> Relu -> MaxPool 2 ->
 Flatten -> Gemm 32 -> Relu -> Gemm 10 (logits). The batch axis is symbolic ("N").
 
-Writes digits.onnx and {train,calib,test}.npz (keys x: float32 NCHW, y: int64). Every byte is a
+Writes digits.onnx, {train,calib,test}.npz (keys x: float32 NCHW, y: int64) and sample.npy
+(the first test input). Every byte is a
 function of the seeds: the .npz files are written with fixed zip timestamps, and BLAS runs on
 one thread (its summation order, hence the trained weights' last bits, depends on the thread
 count; on matrices this small one thread is also the fastest).
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     onnx.save(trained_model(model, result), args.out / "digits.onnx")
     for name, (x, y) in splits.items():
         save_npz(args.out / f"{name}.npz", x=x, y=y)
+    np.save(args.out / "sample.npy", splits["test"][0][:1])  # one input for `qcc run`
     if args.stats:
         args.stats.write_text(result.to_json())
     print(f"digits CNN: trained {config.epochs} epochs in {result.seconds:.1f} s, "
