@@ -8,10 +8,10 @@ Model (6218 weights): 1x8x8 -> Conv3x3 8 pad 1 -> Relu -> Conv3x3 16 -> Relu -> 
 Flatten -> Gemm 32 -> Relu -> Gemm 10 (logits). The batch axis is symbolic ("N").
 
 Writes digits.onnx, {train,calib,test}.npz (keys x: float32 NCHW, y: int64) and sample.npy
-(the first test input). Every byte is a
-function of the seeds: the .npz files are written with fixed zip timestamps, and BLAS runs on
-one thread (its summation order, hence the trained weights' last bits, depends on the thread
-count; on matrices this small one thread is also the fastest).
+(the first test input). Every byte is a function of the seeds: the .npz files are written with
+fixed zip timestamps, and BLAS runs on one thread (its summation order, hence the trained
+weights' last bits, depends on the thread count; on matrices this small one thread is also the
+fastest).
 """
 
 from __future__ import annotations
