@@ -173,7 +173,8 @@ def _projection_table(fmt: APoTFormat) -> tuple[F64, I64]:
 def project(x: ArrayLike, fmt: APoTFormat) -> I64:
     """Codes of the levels (α = 1) nearest to x clipped to [-1, 1] ([0, 1] unsigned).
 
-    Ties go to the smaller magnitude; +0 is always encoded with sign bit 0.
+    Ties go to the smaller magnitude; +0 is always encoded with sign bit 0. The midpoints are
+    float64, so within one rounding of a midpoint either neighbour may be chosen.
     """
     x = np.asarray(x, dtype=np.float64)
     if np.any(np.isnan(x)):

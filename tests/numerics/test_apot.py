@@ -172,7 +172,9 @@ def test_project_picks_the_nearest_level(xs: list[float], fmt: P.APoTFormat) -> 
     for x, code in zip(xs, codes.tolist()):
         target = Fraction(x)
         best = min(abs(target - v) for v in candidates)
-        assert abs(target - levels[code]) == best
+        # project compares with float64 midpoints: an x within one rounding of a midpoint
+        # (found by hypothesis at x = 0.05, k = 2) may take either neighbour
+        assert abs(target - levels[code]) - best <= Fraction(2**-52)
 
 
 def test_project_ties_and_clipping() -> None:
