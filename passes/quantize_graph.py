@@ -43,6 +43,9 @@ class LayerConfig:
     weight_bits: int
     act_bits: int
     scheme: str
+    # sign activations: the layer uses sign(x) ∈ {-1, +1} of its input and needs ±1 weights
+    # (binary scheme); its dot products run as XNOR-popcounts (backends/numpy_int/xnor.py)
+    binary_activations: bool = False
 
 
 @dataclass
@@ -89,6 +92,7 @@ class _Rewriter:
         self.out = Graph(graph.name, graph.opset)
         self.codes: dict[str, tuple[Value, CodeFormat]] = {}  # float value -> its codes
         self.float_tail: dict[str, Value] = {}  # float values after dequantization
+        self.level_tables: dict[tuple, Value] = {}  # APoT level tables (see `snap`)
         self.layers = {n.name: n for n in weighted_layers(graph)}
         self.fused_relu = self._fusable_relus()
 
@@ -136,6 +140,21 @@ class _Rewriter:
         self.out.add_node(op, inputs, [out], attrs, self.out.unique_node_name(src_name))
         self.out.nodes[-1].domain = QCC_DOMAIN if op[0] == "Q" or op in (
             "Requantize", "Dequantize") else ""
+        return self.snap(out, fmt, src_name)
+
+    def snap(self, codes: Value, fmt: CodeFormat, name: str) -> Value:
+        """Codes of a format with `levels` (APoT): the value requantized to the integer grid,
+        then its nearest level, by a table lookup (Gather)."""
+        if fmt.levels is None:
+            return codes
+        key = (fmt.levels, fmt.lo, fmt.hi)
+        if key not in self.level_tables:  # one table per level set, shared by its tensors
+            self.level_tables[key] = self.const(self.out.unique_name(f"{name}_levels"),
+                                                _level_table(fmt))
+        table = self.level_tables[key]
+        out = Value(self.out.unique_name(f"{codes.name}_lv"), None, codes.dtype, quant=fmt.spec)
+        self.out.add_node("Gather", [table, codes], [out], {"axis": 0},
+                          self.out.unique_node_name(f"{name}_snap"))
         return out
 
     def const(self, name: str, array: np.ndarray, spec=None) -> Value:
@@ -197,7 +216,11 @@ class _Rewriter:
             if node.attrs.get("transA", 0):
                 raise QccError(f"Gemm {node.name!r} with transA is not supported in integer form")
         w_codes, w_fmt = scheme.weight(w, cfg.weight_bits, axis)
-        acc_scale = x_fmt.scales[0] * np.broadcast_to(w_fmt.scales, (w.shape[axis],))
+        if cfg.binary_activations and w_fmt.levels != (-1, 1):
+            raise QccError(f"layer {node.name!r}: binary activations need binary weights")
+        # sign activations are ±1 (magnitude 1) whatever the format of the codes they come from
+        x_scale = 1.0 if cfg.binary_activations else x_fmt.scales[0]
+        acc_scale = x_scale * np.broadcast_to(w_fmt.scales, (w.shape[axis],))
         value, out_fmt, relu = self.output_format(node, cfg.scheme)
         inputs = [x_codes, self.const(f"{node.name}_w", w_codes.astype(
             storage_dtype(int(w_codes.min(initial=0)), int(w_codes.max(initial=0)))), w_fmt.spec)]
@@ -209,6 +232,8 @@ class _Rewriter:
         pairs = [multiplier_shift(float(r)) for r in acc_scale / out_fmt.scales[0]]
         attrs = {"x_zero_point": x_fmt.zero_point, "multiplier": [m for m, _ in pairs],
                  "shift": [s for _, s in pairs], "relu": int(relu), **_out_attrs(out_fmt)}
+        if cfg.binary_activations:
+            attrs["dot"] = "xnor"
         if node.op_type == "Conv":
             attrs.update({k: v for k, v in node.attrs.items()
                           if k in ("strides", "pads", "dilations", "group", "kernel_shape",
@@ -248,6 +273,8 @@ class _Rewriter:
         outs = [Value(self.out.unique_name(o.name), None, inputs[0].dtype, quant=fmt.spec)
                 for o in node.outputs]
         self.out.add_node(node.op_type, inputs, outs, dict(node.attrs), node.name)
+        if node.op_type in ("AveragePool", "GlobalAveragePool"):
+            outs[0] = self.snap(outs[0], fmt, node.name)  # a mean of levels is not a level
         for o, new in zip(node.outputs, outs):
             self.codes[o.name] = (new, fmt)
 
@@ -281,6 +308,17 @@ class _Rewriter:
     def finish_outputs(self) -> None:
         for v in self.src.outputs:
             self.out.outputs.append(self.dequantized(v))
+
+
+def _level_table(fmt: CodeFormat) -> np.ndarray:
+    """Entry c (c in [lo, hi]; negative c wraps, as Gather indices do): the level nearest code c,
+    ties toward zero (numerics.apot.project's rule)."""
+    levels = np.asarray(fmt.levels, dtype=np.int64)
+    grid = np.arange(fmt.lo, fmt.hi + 1)
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    nearest = np.where(grid >= 0, levels[np.searchsorted(midpoints, grid, side="left")],
+                       levels[np.searchsorted(midpoints, grid, side="right")])
+    return np.roll(nearest, fmt.lo).astype(storage_dtype(fmt.lo, fmt.hi))
 
 
 def _out_attrs(fmt: CodeFormat) -> dict:

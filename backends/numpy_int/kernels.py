@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends.numpy_int import xnor
 from backends.numpy_int.interpreter import count_overflow
 from qcc.errors import QccError
 from qcc.ir import Node
-from qcc.numerics.rounding import round_half_away, round_shift
+from qcc.numerics.rounding import round_half_away
 from qcc.ops import nn
 from qcc.registry import OPS, int_kernel
 
@@ -48,25 +49,46 @@ def requantize(acc: np.ndarray, node: Node, axis: int | None = None) -> np.ndarr
     """acc (int64) -> output codes by the node's `multiplier`, `shift`, `out_zero_point`,
     `out_lo`, `out_hi` and `relu` attributes; per-channel along `axis` when they are lists."""
     a = node.attrs
-    shape = [1] * acc.ndim
-    if axis is not None:
-        shape[axis] = -1
-    multiplier = np.asarray(a.get("multiplier", 1), np.int64).reshape(shape if np.ndim(
-        a.get("multiplier", 1)) else ())
-    shift = np.asarray(a.get("shift", 0), np.int64).reshape(shape if np.ndim(
-        a.get("shift", 0)) else ())
+    multiplier = _per_channel(a.get("multiplier", 1), acc.ndim, axis)
+    shift = _per_channel(a.get("shift", 0), acc.ndim, axis)
     if np.any(multiplier < 1) or np.any(multiplier >= MAX_MULTIPLIER) or np.any(shift < 0):
         raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24 and S >= 0")
-    if acc.size and int(np.abs(acc).max()) * int(multiplier.max()) >= 1 << 62:
+    peak = max(-int(acc.min()), int(acc.max())) if acc.size else 0
+    if peak * int(multiplier.max()) >= 1 << 62:
         raise QccError(f"node {node.name!r}: accumulator too large to requantize exactly")
     zero_point = int(a.get("out_zero_point", 0))
     lo, hi = int(a["out_lo"]), int(a["out_hi"])
-    v = round_shift(acc * multiplier, shift) + zero_point
+    if multiplier.size == 1 and int(multiplier) == 1:
+        v = _round_shift_small(acc, shift)  # fixed point: a pure shift
+    else:
+        v = _round_shift_small(acc * multiplier, shift)
+    if zero_point:
+        v += zero_point
     relu = bool(a.get("relu", 0))
     # values below the zero point that a fused ReLU clamps are not overflows
     count_overflow(node.outputs[0].name, np.count_nonzero((v > hi) | ((v < lo) & (not relu))))
     floor = max(lo, zero_point) if relu else lo
     return np.clip(v, floor, hi).astype(storage_dtype(lo, hi))
+
+
+def _per_channel(value: int | list[int], ndim: int, axis: int | None) -> np.ndarray:
+    array = np.asarray(value, np.int64)
+    if array.ndim == 0 or axis is None:
+        return array
+    if np.all(array == array.flat[0]):  # one value for every channel: keep it a scalar
+        return np.asarray(array.flat[0], np.int64)
+    shape = [1] * ndim
+    shape[axis] = -1
+    return array.reshape(shape)
+
+
+def _round_shift_small(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """round_shift (ties away from zero) as (x + 2^(s-1) − [x < 0]) >> s, valid where
+    |x| < 2^62 (checked by the caller); equal to qcc.numerics.rounding.round_shift there."""
+    if s.size == 1 and int(s) == 0:
+        return x.copy()
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    return (x + half - (x < 0) * (s > 0)) >> s
 
 
 def exact_float_type(k: int, a_max: int, b_max: int, node: Node) -> np.dtype:
@@ -90,6 +112,8 @@ def _absmax(x: np.ndarray) -> int:
 @int_kernel("QConv")
 def qconv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Conv of codes: acc = Σ (x − zx)·w + b exactly, then `requantize` per output channel."""
+    if node.attrs.get("dot") == "xnor":  # sign activations times ±1 weights: xnor.py
+        return requantize(xnor.conv_acc(node, x, w, b), node, axis=1)
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     k = int(np.prod(w.shape[1:]))
     ft = exact_float_type(k, _absmax(xc), _absmax(w), node)
@@ -103,6 +127,8 @@ def qconv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
 @int_kernel("QGemm")
 def qgemm(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x (N, K) times W (K, M), or W (M, K) with transB: exact, then per-column `requantize`."""
+    if node.attrs.get("dot") == "xnor":  # sign activations times ±1 weights: xnor.py
+        return requantize(xnor.gemm_acc(node, x, w, b), node, axis=x.ndim - 1)
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     wt = w.T if node.attrs.get("transB", 0) else w
     ft = exact_float_type(wt.shape[0], _absmax(xc), _absmax(wt), node)

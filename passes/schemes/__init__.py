@@ -70,4 +70,7 @@ def get_scheme(name: str) -> Scheme:
 
 
 def _load_schemes() -> None:
-    import passes.schemes.fixed  # noqa: F401  (each module registers its scheme)
+    import passes.schemes.affine  # noqa: F401  (each module registers its scheme)
+    import passes.schemes.apot  # noqa: F401
+    import passes.schemes.binary  # noqa: F401
+    import passes.schemes.fixed  # noqa: F401
