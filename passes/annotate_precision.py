@@ -30,6 +30,7 @@ import numpy as np
 from passes import precision
 from passes.calibrate import TensorStats, calibrate
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
+from passes.schemes import get_scheme
 from qcc.autodiff import WeightedLayer, backward, logits_value, weighted_layers
 from qcc.errors import QccError
 from qcc.evaluate import float_predictions, integer_predictions
@@ -120,14 +121,18 @@ def _row_weight_sq_norms(node: Node, a: np.ndarray, g: np.ndarray, classes: int)
 
 def feedforward_config(offsets_w: list[int], offsets_a: list[int], b_min: int,
                        layers: list[WeightedLayer], scheme: str) -> QuantConfig:
-    """eq. 1 with B_min, every precision clipped to [1, MAX_BITS]."""
-    def clip(b: int) -> int:
-        return int(min(max(b, 1), MAX_BITS))
+    """eq. 1 with B_min, every precision clipped to [1, MAX_BITS] and weights to the widths the
+    scheme supports (APoT: 2 to 8 bits)."""
+    w_lo, w_hi = get_scheme(scheme).weight_bits
+
+    def clip(b: int, lo: int = 1, hi: int = MAX_BITS) -> int:
+        return int(min(max(b, lo), hi))
 
     config = QuantConfig(scheme=scheme, default_bits=clip(max(offsets_a) + b_min),
                          output_bits=MAX_BITS)
     for layer, ow, oa in zip(layers, offsets_w, offsets_a):
-        config.layers[layer.node] = LayerConfig(clip(ow + b_min), clip(oa + b_min), scheme)
+        config.layers[layer.node] = LayerConfig(clip(ow + b_min, w_lo, w_hi),
+                                                clip(oa + b_min), scheme)
     return config
 
 
@@ -235,7 +240,7 @@ def _report(graph: Graph, integer: Graph, layers: list[WeightedLayer], config: Q
             "B_W": rows[i][0], "B_A": rows[i][1], "B_GW": rows[i][2], "B_GA": rows[i][3],
             "B_acc": rows[i][4],
             "weight_format": str(node.inputs[1].quant), "activation_format":
-                str(node.inputs[0].quant),
+                str(node.inputs[0].quant), "alpha": node.inputs[1].quant.alpha,
             "E_W": gains_w[i], "E_A": gains_a[i], "offset_W": offsets_w[i],
             "offset_A": offsets_a[i],
             **{k: grads[i][k] for k in ("r_gw", "step_gw", "r_ga", "step_ga")},

@@ -172,10 +172,14 @@ def _print_layers(precision: dict) -> None:
     table = Table(title=title)
     keys = ["name", "op", "B_W", "B_A"] + (["B_GW", "B_GA", "B_acc"] if auto else []) + [
         "weight_format", "activation_format"]
-    for col in ["layer", *keys[1:-2], "weights", "input"]:
+    headers = ["layer", *keys[1:-2], "weights", "input"]
+    if any(layer.get("alpha") is not None for layer in precision["layers"]):
+        keys.append("alpha")  # APoT's clipping scale, chosen by least weight MSE
+        headers.append("α")
+    for col in headers:
         table.add_column(col)
     for layer in precision["layers"]:
-        table.add_row(*[str(layer[k]) for k in keys])
+        table.add_row(*[_cell(layer.get(k)) for k in keys])
     console.print(table)
     if auto:
         costs = Table(title="costs per training iteration (seeds/001 §2.2)")
@@ -186,6 +190,10 @@ def _print_layers(precision: dict) -> None:
             costs.add_row(row, *[fmt.format(precision["costs"][row][k])
                                  for k in ("C_W", "C_A", "C_M", "C_C")])
         console.print(costs)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _pct(value: float | None) -> str:

@@ -172,6 +172,7 @@ def precision_report(graph: Graph, integer: Graph, config: QuantConfig) -> dict[
         layers.append({"name": node.name, "op": node.op_type, "scheme": cfg.scheme,
                        "B_W": cfg.weight_bits, "B_A": cfg.act_bits,
                        "weight_format": str(w_spec), "activation_format": str(x_spec),
+                       "alpha": w_spec.alpha if w_spec else None,
                        "weight_spec": w_spec.to_dict() if w_spec else None})
     return {"mode": "fixed-bits", "scheme": config.scheme, "bits": config.default_bits,
             "layers": layers}

@@ -45,6 +45,7 @@ class Scheme:
     """Base of the scheme table; subclasses set `name` and implement the two methods."""
 
     name = ""
+    weight_bits = (1, 16)  # the widths `weight` accepts; --bits auto clamps B_W into them
 
     def activation(self, stats: TensorStats, bits: int) -> CodeFormat:
         raise NotImplementedError
