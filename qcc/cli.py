@@ -124,6 +124,9 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
               help="Bits of every feed-forward tensor (1-16), or `auto` for the seeds/001 method.")
 @click.option("--scheme", default="fixed", show_default=True,
               help="Number format: fixed, affine, apot, pot, binary, ternary.")
+@click.option("--binary-activations", is_flag=True,
+              help="With --scheme binary: sign activations (all layers but the first), so dot "
+                   "products run as XNOR-popcounts.")
 @click.option("--overrides", type=click.Path(path_type=Path), default=None,
               help='JSON {"layer" | "@first" | "@last": {"scheme": S, "bits": N}} per layer.')
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
@@ -138,7 +141,8 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
                    "warm-up schedule's.")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
               help="Output folder (replaced only when the compile succeeds).")
-def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: Path | None,
+def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
+            overrides: Path | None, calib: Path | None,
             train_data: Path | None, pm_target: float, lr_min: float | None,
             outdir: Path) -> None:
     """Quantize MODEL (.onnx) into an integer graph and write OUTDIR.
@@ -153,7 +157,8 @@ def compile(model: Path, bits: str, scheme: str, overrides: Path | None, calib: 
     if bits != "auto" and not bits.isdigit():
         raise QccError(f"--bits must be a number from 1 to 16 or 'auto', got {bits!r}")
     compiled = compile_model(model, bits if bits == "auto" else check_bits(int(bits)), scheme,
-                             calib, overrides, train_data, pm_target, lr_min)
+                             calib, overrides, train_data, pm_target, lr_min,
+                             binary_activations)
     for note in compiled.notes:
         click.echo(f"qcc: note: {note}", err=True)
     write_outdir(compiled, outdir)

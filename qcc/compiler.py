@@ -76,7 +76,7 @@ def default_calibration(graph: Graph, count: int = DEFAULT_CALIBRATION) -> np.nd
 
 def read_overrides(path: Path | None, graph: Graph, base: QuantConfig) -> dict[str, LayerConfig]:
     """Per-layer scheme and bits from a JSON file: {"layer name" | "@first" | "@last":
-    {"scheme": S, "bits": N, "weight_bits": N, "act_bits": N}}."""
+    {"scheme": S, "bits": N, "weight_bits": N, "act_bits": N, "binary_activations": bool}}."""
     if path is None:
         return {}
     if not Path(path).is_file():
@@ -104,7 +104,8 @@ def read_overrides(path: Path | None, graph: Graph, base: QuantConfig) -> dict[s
         result[name] = LayerConfig(check_bits(setting.get("weight_bits", bits or
                                                           current.weight_bits)),
                                    check_bits(setting.get("act_bits", bits or current.act_bits)),
-                                   scheme)
+                                   scheme, bool(setting.get("binary_activations",
+                                                            current.binary_activations)))
     return result
 
 
@@ -116,7 +117,8 @@ def check_bits(bits: object) -> int:
 
 def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None = None,
                   overrides: Path | None = None, train_data: Path | None = None,
-                  pm_target: float = 0.01, lr_min: float | None = None) -> Compiled:
+                  pm_target: float = 0.01, lr_min: float | None = None,
+                  binary_activations: bool = False) -> Compiled:
     """Import, fold, calibrate and quantize MODEL: every tensor at `bits` bits, or with
     bits == "auto" by the seeds/001 methodology (passes/annotate_precision.py)."""
     get_scheme(scheme)
@@ -137,6 +139,11 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
         return _compile_auto(graph, x, scheme, overrides, train_data, pm_target, lr_min, notes)
     stats = calibrate(graph, x)
     config = QuantConfig(scheme=scheme, default_bits=bits, output_bits=max(bits, 16))
+    if binary_activations:  # sign activations everywhere but the first layer (the raw input)
+        if scheme != "binary":
+            raise QccError("--binary-activations needs --scheme binary (±1 weights)")
+        for node in weighted_layers(graph)[1:]:
+            config.layers[node.name] = LayerConfig(bits, bits, scheme, True)
     config.layers.update(read_overrides(overrides, graph, config))
     integer = quantize_graph(graph, stats, config)
     return Compiled(graph, integer, config, stats, precision_report(graph, integer, config),
