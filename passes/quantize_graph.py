@@ -22,6 +22,7 @@ point). A tensor no weighted layer reads (the logits, a residual branch) gets th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,17 +110,9 @@ class _Rewriter:
 
     def wanted_bits(self, value: Value) -> int:
         """B_A of the weighted layers that read `value` (through code-moving ops), else default."""
-        bits, stack, seen = [], [value], set()
-        while stack:
-            v = stack.pop()
-            for reader in v.consumers:
-                if reader.name in seen:
-                    continue
-                seen.add(reader.name)
-                if reader.name in self.layers and reader.inputs[0] is v:
-                    bits.append(self.config.layer(reader.name).act_bits)
-                elif reader.op_type in SAME_FORMAT:
-                    stack.extend(reader.outputs)
+        bits = [self.config.layer(reader.name).act_bits
+                for reader, read in _downstream(value, lambda n: n.op_type in SAME_FORMAT)
+                if reader.name in self.layers and reader.inputs[0] is read]
         if bits:
             return max(bits)
         reaches_output = value in self.src.outputs or any(
@@ -327,17 +320,22 @@ def _out_attrs(fmt: CodeFormat) -> dict:
 
 def _reaches_integer_op(value: Value, rw: _Rewriter) -> bool:
     """Whether a float op's output flows into a node that would need codes again."""
+    return any(reader.name in rw.layers or reader.op_type in ("Add", "Sum")
+               for reader, _ in _downstream(value, lambda n: True))
+
+
+def _downstream(value: Value, descend: Callable[[Node], bool]) -> Iterator[tuple[Node, Value]]:
+    """Each node reading `value`, or an output of a node `descend` accepts, once, with the
+    tensor it reads there."""
     stack, seen = [value], set()
     while stack:
         v = stack.pop()
         for reader in v.consumers:
-            if reader.name in seen:
-                continue
-            seen.add(reader.name)
-            if reader.name in rw.layers or reader.op_type in ("Add", "Sum"):
-                return True
-            stack.extend(reader.outputs)
-    return False
+            if reader.name not in seen:
+                seen.add(reader.name)
+                yield reader, v
+                if descend(reader):
+                    stack.extend(reader.outputs)
 
 
 def quantize_graph(graph: Graph, stats: dict[str, TensorStats], config: QuantConfig) -> Graph:
