@@ -31,11 +31,12 @@ from passes import precision
 from passes.calibrate import TensorStats, calibrate
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
 from passes.schemes import get_scheme
-from qcc.autodiff import WeightedLayer, backward, logits_value, weighted_layers
+from qcc.autodiff import backward, logits_value
 from qcc.errors import QccError
 from qcc.evaluate import float_predictions, integer_predictions
 from qcc.float_exec import run_float
 from qcc.ir import Graph, Node
+from qcc.layers import WeightedLayer, weighted_layers
 from qcc.ops.grads import conv_geometry, im2col
 from qcc.train import TrainConfig, TrainResult, train
 

@@ -32,9 +32,9 @@ from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, get_scheme
 from qcc.errors import QccError
 from qcc.ir import Graph, Node, Value
+from qcc.layers import WEIGHTED_OPS, weighted_nodes
 from qcc.registry import QCC_DOMAIN
 
-WEIGHTED = ("Conv", "Gemm", "MatMul")
 SAME_FORMAT = CODE_PRESERVING + ("AveragePool", "GlobalAveragePool")
 MULTIPLIER_BITS = 23  # M = round(m · 2^23) for a real ratio m · 2^e, m in [0.5, 1)
 
@@ -63,12 +63,6 @@ class QuantConfig:
                                                  self.scheme))
 
 
-def weighted_layers(graph: Graph) -> list[Node]:
-    """Conv / Gemm / MatMul nodes whose weight (second input) is a constant, in order."""
-    return [n for n in graph.nodes if n.op_type in WEIGHTED and n.inputs[1] is not None
-            and n.inputs[1].is_const and (n.op_type != "MatMul" or n.inputs[1].const.ndim == 2)]
-
-
 def multiplier_shift(ratio: float) -> tuple[int, int]:
     """(M, S) with ratio ≈ M · 2^-S, 1 <= M < 2^24, S >= 0; exact when ratio is a power of two."""
     if not ratio > 0 or not math.isfinite(ratio):
@@ -94,7 +88,7 @@ class _Rewriter:
         self.codes: dict[str, tuple[Value, CodeFormat]] = {}  # float value -> its codes
         self.float_tail: dict[str, Value] = {}  # float values after dequantization
         self.level_tables: dict[tuple, Value] = {}  # APoT level tables (see `snap`)
-        self.layers = {n.name: n for n in weighted_layers(graph)}
+        self.layers = {n.name: n for n in weighted_nodes(graph)}
         self.fused_relu = self._fusable_relus()
 
     # -- formats ------------------------------------------------------------------------
@@ -102,7 +96,8 @@ class _Rewriter:
         """producer node name -> its Relu reader, where that Relu is the only reader."""
         fused = {}
         for node in self.src.nodes:
-            if node.op_type in WEIGHTED + ("Add", "Sum") and len(node.outputs[0].consumers) == 1:
+            single_reader = len(node.outputs[0].consumers) == 1
+            if node.op_type in WEIGHTED_OPS + ("Add", "Sum") and single_reader:
                 reader = node.outputs[0].consumers[0]
                 if reader.op_type == "Relu" and node.outputs[0] not in self.src.outputs:
                     fused[node.name] = reader
@@ -341,10 +336,10 @@ def _downstream(value: Value, descend: Callable[[Node], bool]) -> Iterator[tuple
 def quantize_graph(graph: Graph, stats: dict[str, TensorStats], config: QuantConfig) -> Graph:
     """The integer graph of `graph` (see the module docstring); seeds/001 §2.1 fixed point,
     seeds/000 §B affine, seeds/004 eq. 5-6 APoT weights, per the config's schemes."""
-    if not weighted_layers(graph):
+    if not weighted_nodes(graph):
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
                        "weights) to quantize")
     out = _Rewriter(graph, stats, config).run()
-    out.history = graph.history + [f"quantize_graph: {len(weighted_layers(graph))} weighted "
+    out.history = graph.history + [f"quantize_graph: {len(weighted_nodes(graph))} weighted "
                                    f"layers, scheme {config.scheme}"]
     return out

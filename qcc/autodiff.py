@@ -35,10 +35,9 @@ import numpy as np
 
 from qcc.errors import QccError
 from qcc.ir import Graph, Node, Value
+from qcc.layers import WeightedLayer
 from qcc.ops.grads import conv_geometry, im2col
 from qcc.registry import lookup
-
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 # -- backward -----------------------------------------------------------------------------------
@@ -113,18 +112,6 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 
 
 # -- weighted layers ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WeightedLayer:
-    """One weighted layer: tensor names of its weight W, bias, input A and output Z."""
-
-    node: str
-    op_type: str
-    weight: str
-    bias: str | None
-    input: str
-    output: str
-
-
 @dataclass
 class LayerTensors:
     """The four tensors of one layer for one forward-backward pass (see the module docstring)."""
@@ -133,24 +120,6 @@ class LayerTensors:
     A: np.ndarray
     G_W: np.ndarray
     G_A: np.ndarray
-
-
-def weighted_layers(graph: Graph) -> list[WeightedLayer]:
-    """The Conv / Gemm / MatMul nodes with a constant weight and a non-constant input, in order."""
-    layers = []
-    for node in graph.nodes:
-        if node.op_type not in WEIGHTED_OPS:
-            continue
-        a, w = node.input(0), node.input(1)
-        if a is None or w is None or a.is_const or not w.is_const:
-            continue
-        bias = node.input(2) if node.op_type != "MatMul" else None
-        if node.op_type == "MatMul" and len(w.shape or ()) != 2:
-            continue
-        layers.append(WeightedLayer(node.name, node.op_type, w.name,
-                                    bias.name if bias is not None and bias.is_const else None,
-                                    a.name, node.outputs[0].name))
-    return layers
 
 
 def layer_tensors(layer: WeightedLayer, env: dict[str, np.ndarray],

@@ -20,11 +20,12 @@ import onnx
 
 from passes import run_passes
 from passes.calibrate import TensorStats, calibrate
-from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph, weighted_layers
+from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
 from passes.schemes import SCHEMES, get_scheme
 from qcc.errors import QccError
 from qcc.io import atomic_dir, load_npz
 from qcc.ir import Graph
+from qcc.layers import weighted_nodes
 from qcc.onnx_export import export_model, read_annotations
 from qcc.onnx_import import import_model
 
@@ -87,7 +88,7 @@ def read_overrides(path: Path | None, graph: Graph, base: QuantConfig) -> dict[s
         raise QccError(f"override file {path}: not valid JSON ({e})") from None
     if not isinstance(entries, dict):
         raise QccError(f"override file {path}: expected an object of layer name -> settings")
-    layers = [n.name for n in weighted_layers(graph)]
+    layers = [n.name for n in weighted_nodes(graph)]
     aliases = {"@first": layers[0], "@last": layers[-1]} if layers else {}
     result = {}
     for key, setting in entries.items():
@@ -125,7 +126,7 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     if bits != "auto":
         check_bits(bits)
     graph = run_passes(import_model(model), ["fold_batchnorm"])
-    if not weighted_layers(graph):
+    if not weighted_nodes(graph):
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
                        "weights) to quantize")
     notes = []
@@ -142,7 +143,7 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     if binary_activations:  # sign activations everywhere but the first layer (the raw input)
         if scheme != "binary":
             raise QccError("--binary-activations needs --scheme binary (±1 weights)")
-        for node in weighted_layers(graph)[1:]:
+        for node in weighted_nodes(graph)[1:]:
             config.layers[node.name] = LayerConfig(bits, bits, scheme, True)
     config.layers.update(read_overrides(overrides, graph, config))
     integer = quantize_graph(graph, stats, config)
@@ -171,7 +172,7 @@ def precision_report(graph: Graph, integer: Graph, config: QuantConfig) -> dict[
     """precision.json content for a fixed-bits compile: one entry per weighted layer."""
     layers = []
     by_name = {n.name: n for n in integer.nodes}
-    for node in weighted_layers(graph):
+    for node in weighted_nodes(graph):
         cfg = config.layer(node.name)
         q = by_name.get(node.name)
         w_spec = q.inputs[1].quant if q is not None else None

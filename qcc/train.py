@@ -30,18 +30,17 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcc.autodiff import (
-    WeightedLayer,
     backward,
     gradient_names,
     largest_singular_value,
     logits_value,
     softmax_cross_entropy,
     square_jacobian,
-    weighted_layers,
 )
 from qcc.errors import QccError
 from qcc.float_exec import run_float
 from qcc.ir import Graph
+from qcc.layers import WeightedLayer, weighted_layers
 
 
 @dataclass

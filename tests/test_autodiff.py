@@ -20,10 +20,10 @@ from qcc.autodiff import (
     layer_tensors,
     logits_value,
     softmax_cross_entropy,
-    weighted_layers,
 )
 from qcc.float_exec import run_float
 from qcc.ir import Graph
+from qcc.layers import weighted_layers
 from qcc.onnx_import import import_model
 from qcc.train import trainable_parameters
 

@@ -1,4 +1,4 @@
-"""Graph IR invariants: consumer links, edits, ordering, liveness, JSON round trip of annotations."""
+"""Graph IR invariants: consumer links, edits, order, liveness, JSON round trip of annotations."""
 
 from __future__ import annotations
 

@@ -13,10 +13,11 @@ import pytest
 
 from passes import precision, run_passes
 from passes.annotate_precision import noise_gains
-from qcc.autodiff import backward, logits_value, weighted_layers
+from qcc.autodiff import backward, logits_value
 from qcc.compiler import compile_model, load_outdir, write_outdir
 from qcc.evaluate import evaluate_graphs, float_predictions, integer_predictions
 from qcc.float_exec import run_float
+from qcc.layers import weighted_layers
 from qcc.onnx_import import import_model
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
