@@ -29,33 +29,53 @@ def check_feeds(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
             raise QccError(f"input {v.name!r} has shape {x.shape}, the model expects {v.shape}")
 
 
+class Schedule:
+    """The work of one run of a graph, planned once: each node's kernel, where its inputs come
+    from, and which intermediate arrays can be dropped after it. Constants are read from the
+    graph at every run (training replaces them); any other edit of the graph needs a new
+    Schedule."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        last_use = {name: end for name, (_, end) in graph.liveness().items()}
+        outs = {v.name for v in graph.outputs}
+        self.steps = []
+        for i, node in enumerate(graph.nodes):
+            free = [v.name for v in node.inputs if _dead_after(v, i, last_use, outs)]
+            self.steps.append((node, lookup(node).kernel,
+                               [v.name if v is not None else None for v in node.inputs],
+                               [v.name for v in node.outputs], free))
+
+    def run(self, feeds: dict[str, np.ndarray], keep_all: bool = False,
+            check: bool = True) -> dict[str, np.ndarray]:
+        graph = self.graph
+        if check:
+            check_feeds(graph, feeds)
+        env: dict[str, np.ndarray] = {v.name: np.asarray(feeds[v.name]) for v in graph.inputs}
+        env.update(graph.constants)
+        for node, kernel, inputs, outputs, free in self.steps:
+            result = kernel(node, *[env[n] if n is not None else None for n in inputs])
+            if isinstance(result, (tuple, list)):
+                for name, array in zip(outputs, result):
+                    env[name] = np.asarray(array)
+            else:
+                env[outputs[0]] = np.asarray(result)
+            if not keep_all:
+                for name in free:
+                    env.pop(name, None)
+        if keep_all:
+            return env
+        return {v.name: env[v.name] for v in graph.outputs}
+
+
 def run_float(graph: Graph, feeds: dict[str, np.ndarray], keep_all: bool = False,
               check: bool = True) -> dict[str, np.ndarray]:
     """Execute `graph` on `feeds`; return the graph outputs (every value if `keep_all`).
 
-    Intermediate arrays are dropped after their last reader unless `keep_all` is set.
+    Intermediate arrays are dropped after their last reader unless `keep_all` is set. For
+    repeated runs of one graph, build a `Schedule` once and call its `run`.
     """
-    if check:
-        check_feeds(graph, feeds)
-    env: dict[str, np.ndarray] = {v.name: np.asarray(feeds[v.name]) for v in graph.inputs}
-    env.update(graph.constants)
-    last_use = {name: end for name, (_, end) in graph.liveness().items()}
-    out_names = {v.name for v in graph.outputs}
-    for i, node in enumerate(graph.nodes):
-        args = [env[v.name] if v is not None else None for v in node.inputs]
-        for value, array in zip(node.outputs, run_node(node, args)):
-            env[value.name] = array
-        if not keep_all:
-            for v in node.inputs:
-                if _dead_after(v, i, last_use, out_names):
-                    env.pop(v.name, None)
-    if keep_all:
-        return env
-    return {v.name: env[v.name] for v in graph.outputs}
-
-
-def _dead_after(v: Value | None, step: int, last_use: dict[str, int], outs: set[str]) -> bool:
-    return v is not None and not v.is_const and v.name not in outs and last_use.get(v.name) == step
+    return Schedule(graph).run(feeds, keep_all, check)
 
 
 def run_batched(graph: Graph, x: np.ndarray, batch: int = 64, keep_all: bool = False
@@ -67,20 +87,25 @@ def run_batched(graph: Graph, x: np.ndarray, batch: int = 64, keep_all: bool = F
     sample. Returns one result dict per chunk.
     """
     name = graph.inputs[0].name
+    schedule = Schedule(graph)
     results = []
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
         try:
-            out = run_float(graph, {name: chunk}, keep_all=keep_all, check=False)
+            out = schedule.run({name: chunk}, keep_all=keep_all, check=False)
             if _batch_ok(graph, out, len(chunk)):
                 results.append(out)
                 continue
         except (ValueError, QccError):
             pass  # not batch-agnostic: fall through to one sample at a time
         for i in range(len(chunk)):
-            results.append(run_float(graph, {name: chunk[i:i + 1]}, keep_all=keep_all))
+            results.append(schedule.run({name: chunk[i:i + 1]}, keep_all=keep_all))
     return results
 
 
 def _batch_ok(graph: Graph, out: dict[str, np.ndarray], n: int) -> bool:
     return all(out[v.name].shape[:1] == (n,) for v in graph.outputs)
+
+
+def _dead_after(v: Value | None, step: int, last_use: dict[str, int], outs: set[str]) -> bool:
+    return v is not None and not v.is_const and v.name not in outs and last_use.get(v.name) == step

@@ -38,7 +38,7 @@ from qcc.autodiff import (
     square_jacobian,
 )
 from qcc.errors import QccError
-from qcc.float_exec import run_float
+from qcc.float_exec import Schedule
 from qcc.ir import Graph
 from qcc.layers import WeightedLayer, weighted_layers
 
@@ -228,7 +228,8 @@ def predict(graph: Graph, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     name = graph.inputs[0].name
     x = x.astype(graph.inputs[0].dtype, copy=False)
     out = graph.outputs[0].name
-    return np.concatenate([run_float(graph, {name: x[i:i + batch_size]}, check=False)[out]
+    schedule = Schedule(graph)
+    return np.concatenate([schedule.run({name: x[i:i + batch_size]}, check=False)[out]
                            for i in range(0, len(x), batch_size)])
 
 
@@ -251,6 +252,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, config: TrainConfig | None
     sgd = _Sgd(graph, params, config)
     wrt = set(params) | gradient_names(layers)
     logits = logits_value(graph).name
+    schedule = Schedule(graph)
     rng = np.random.default_rng(config.seed)
     result = TrainResult(graph, config, [r.stats for r in recorders], [], [], [], [], 0.0)
     start = time.perf_counter()
@@ -263,7 +265,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, config: TrainConfig | None
             losses, hits = [], 0
             for b in range(batches):
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                env = run_float(graph, {graph.inputs[0].name: x[idx]}, keep_all=True, check=False)
+                env = schedule.run({graph.inputs[0].name: x[idx]}, keep_all=True, check=False)
                 loss, d_logits = softmax_cross_entropy(env[logits], y[idx])
                 grads = backward(graph, env, {logits: d_logits}, wrt)
                 for r in recorders:
