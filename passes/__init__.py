@@ -36,4 +36,4 @@ def run_passes(graph: Graph, names: list[str]) -> Graph:
 
 
 def _load_passes() -> None:
-    from passes import fold_batchnorm  # noqa: F401
+    from passes import fold_batchnorm, fuse_qdq  # noqa: F401

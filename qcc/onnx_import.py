@@ -25,7 +25,13 @@ from qcc.registry import QCC_DOMAIN, lookup
 MIN_OPSET = 1
 # ops whose output is not a function of their inputs alone: never fold them
 NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                "Multinomial", "Bernoulli"}
+                "Multinomial", "Bernoulli",
+                # kept so a pre-quantized model keeps its integer weight codes (passes/fuse_qdq)
+                "QuantizeLinear", "DequantizeLinear"}
+# onnxruntime contrib ops (domain com.microsoft, in its QOperator models) -> the qcc op with the
+# same inputs and semantics (backends/numpy_int/qlinear.py)
+ORT_CONTRIB_OPS = {"QGemm": "QLinearGemm", "QLinearAdd": "QLinearAdd",
+                   "QLinearGlobalAveragePool": "QLinearGlobalAveragePool"}
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -69,6 +75,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto, fold: bool = True,
     inputs before shape inference (1 gives the per-sample shapes `qcc inspect` reports).
     """
     model = source if isinstance(source, onnx.ModelProto) else load_model(source)
+    model = _adopt_ort_contrib_ops(model)
     opset = _default_opset(model)
     if dynamic_dims is not None:
         model = _fix_dynamic_dims(model, dynamic_dims)
@@ -132,6 +139,24 @@ def fold_constants(graph: Graph) -> bool:
         changed = True
     graph.remove_unused()
     return changed
+
+
+def _adopt_ort_contrib_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with onnxruntime's com.microsoft QGemm, QLinearAdd and QLinearGlobalAveragePool
+    nodes moved to the qcc ops of the same inputs and semantics; other contrib ops are refused."""
+    if not any(node.domain == "com.microsoft" for node in model.graph.node):
+        return model
+    model = copy.deepcopy(model)
+    for node in model.graph.node:
+        if node.domain != "com.microsoft":
+            continue
+        if node.op_type not in ORT_CONTRIB_OPS:
+            raise QccError(f"unsupported op com.microsoft.{node.op_type} (node {node.name!r}); "
+                           f"qcc runs the contrib ops {', '.join(sorted(ORT_CONTRIB_OPS))}")
+        node.op_type, node.domain = ORT_CONTRIB_OPS[node.op_type], QCC_DOMAIN
+    if QCC_DOMAIN not in {o.domain for o in model.opset_import}:
+        model.opset_import.append(helper.make_opsetid(QCC_DOMAIN, 1))
+    return model
 
 
 def _fix_dynamic_dims(model: onnx.ModelProto, size: int) -> onnx.ModelProto:

@@ -198,3 +198,4 @@ def _register_code_preserving() -> None:
 
 
 _register_code_preserving()
+import backends.numpy_int.qlinear  # noqa: E402,F401  (ONNX QLinear / Integer ops, ORT bit-exact)
