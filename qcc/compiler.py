@@ -10,6 +10,7 @@ succeeded, so a failed compile never leaves a half-written OUTDIR.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from qcc.onnx_import import import_model
 
 INTEGER_MODEL = "model.qcc.onnx"
 REFERENCE_MODEL = "reference.onnx"
+PRE_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+                     "ConvInteger", "MatMulInteger", "QLinearGemm", "QLinearAdd"}
 PRECISION_FILE = "precision.json"
 DEFAULT_CALIBRATION = 256  # samples of N(0, 1) noise when no --calib file is given
 
@@ -125,7 +128,13 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     get_scheme(scheme)
     if bits != "auto":
         check_bits(bits)
-    graph = run_passes(import_model(model), ["fold_batchnorm"])
+    imported = import_model(model)
+    if any(node.op_type in PRE_QUANTIZED_OPS for node in imported.nodes):
+        if bits == "auto":
+            raise QccError("the model is already quantized (QuantizeLinear / QLinear ops): "
+                           "--bits auto needs a float model")
+        return _compile_prequantized(imported)
+    graph = run_passes(imported, ["fold_batchnorm"])
     if not weighted_nodes(graph):
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
                        "weights) to quantize")
@@ -149,6 +158,26 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     integer = quantize_graph(graph, stats, config)
     return Compiled(graph, integer, config, stats, precision_report(graph, integer, config),
                     notes)
+
+
+def _compile_prequantized(graph: Graph) -> Compiled:
+    """A QDQ or QOperator model (e.g. from onnxruntime.quantization): its own quantization is
+    kept and its integer ops run as onnxruntime runs them (passes/fuse_qdq.py)."""
+    integer = run_passes(copy.deepcopy(graph), ["fuse_qdq"])
+    layers = []
+    for node in integer.nodes:
+        if node.op_type in ("QLinearConv", "QLinearMatMul", "QLinearGemm", "ConvInteger",
+                            "MatMulInteger"):
+            w_index = 3 if node.op_type.startswith("QLinear") else 1
+            w = node.inputs[w_index]
+            layers.append({"name": node.name, "op": node.op_type, "scheme": "affine",
+                           "B_W": 8 * w.dtype.itemsize, "B_A": 8 * node.inputs[0].dtype.itemsize,
+                           "weight_format": str(w.dtype), "activation_format":
+                               str(node.inputs[0].dtype), "alpha": None})
+    report = {"mode": "pre-quantized", "scheme": "affine (the model's own)", "layers": layers}
+    return Compiled(graph, integer, QuantConfig(scheme="affine"), {}, report,
+                    ["the model is already quantized: its scales and zero points are kept "
+                     "(--bits, --scheme and --calib do not apply)"])
 
 
 def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | None,

@@ -154,3 +154,36 @@ def test_inspect_outdir(digits_8bit: Path) -> None:
     assert result.returncode == 0 and "B_W" in result.stdout and "conv1" in result.stdout
     as_json = json.loads(run_qcc("inspect", digits_8bit, "--json").stdout)
     assert as_json == json.loads((digits_8bit / "precision.json").read_text())
+
+
+def test_prequantized_model_runs_as_onnxruntime_does(tmp_path: Path) -> None:
+    """An onnxruntime-quantized (QDQ) model compiles with its own scales; `qcc run OUTDIR`
+    gives onnxruntime's output bit for bit."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from qcc import zoo
+
+    x = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    onnx.save(zoo.mlp_digits(), tmp_path / "mlp.onnx")
+    quantize_static(str(tmp_path / "mlp.onnx"), str(tmp_path / "mlp_q.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=True)
+    out = tmp_path / "q"
+    result = run_qcc("compile", tmp_path / "mlp_q.onnx", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "already quantized" in result.stderr
+    np.save(tmp_path / "x.npy", x[:1])
+    result = run_qcc("run", out, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    expected = ort.InferenceSession(str(tmp_path / "mlp_q.onnx")).run(None, {"input": x[:1]})[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+    refused = run_qcc("compile", tmp_path / "mlp_q.onnx", "--bits", "auto", "-o", tmp_path / "a")
+    assert_failed_cleanly(refused, tmp_path / "a", "already quantized")
