@@ -94,3 +94,24 @@ def test_sixteen_bits_track_the_float_model(name: str) -> None:
     scale = np.abs(expected).max()
     assert np.abs(got["output"] - expected).max() < 2e-3 * scale
     assert np.array_equal(got["output"].argmax(1), expected.argmax(1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 2), st.integers(8, 72), st.integers(1, 8), st.integers(0, 1),
+       st.integers(0, 2**31 - 1))
+def test_exact_conv_equals_int64_reference(n: int, channels: int, out_channels: int,
+                                           pad: int, seed: int) -> None:
+    """Codes large enough that a single float32 conv could round (K·|x|·|w| >= 2^24) take the
+    channel-sliced path; both paths equal a plain int64 tap-by-tap convolution."""
+    from backends.numpy_int.kernels import _exact_conv
+    from qcc.ir import Node
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-255, 256, size=(n, channels, 6, 5)).astype(np.int64)
+    w = rng.integers(-128, 128, size=(out_channels, channels, 3, 3)).astype(np.int64)
+    node = Node("QConv", "c", [], [], {"pads": [pad] * 4, "kernel_shape": [3, 3]})
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = xp.shape[2] - 2, xp.shape[3] - 2
+    expected = sum(np.einsum("nchw,oc->nohw", xp[:, :, i:i + oh, j:j + ow], w[:, :, i, j])
+                   for i in range(3) for j in range(3))
+    np.testing.assert_array_equal(_exact_conv(node, x, w), expected)
