@@ -8,8 +8,14 @@ from pathlib import Path
 
 import onnx
 import pytest
+from hypothesis import settings
 
 from qcc import zoo
+
+# The same examples on every run (a red CI is then reproducible), and no example database
+# written into the working tree.
+settings.register_profile("qcc", derandomize=True, database=None)
+settings.load_profile("qcc")
 
 
 @pytest.fixture(scope="session")

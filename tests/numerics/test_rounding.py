@@ -220,7 +220,9 @@ def test_stochastic_round_shift_is_unbiased(x: int, s: int, seed: int) -> None:
     assert state.counter == n
     p = float(target - floor)
     # The mean of n Bernoulli(p) draws: within 6 standard deviations (plus 2^-32 granularity).
-    assert abs(out.mean() - float(target)) <= 6 * math.sqrt(p * (1 - p) / n) + 1e-9
+    # For p far below 1/n the normal bound is below a single hit, which has probability ~np
+    # (hypothesis found x = 1, s = 18): allow 3 hits more, P(X >= 4) ~ (np)^4 / 24 there.
+    assert abs(out.mean() - float(target)) <= 6 * math.sqrt(p * (1 - p) / n) + 3 / n + 1e-9
 
 
 def test_stochastic_round_shift_expectation_over_a_full_period_is_exact() -> None:
