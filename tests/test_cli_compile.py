@@ -187,3 +187,19 @@ def test_prequantized_model_runs_as_onnxruntime_does(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
     refused = run_qcc("compile", tmp_path / "mlp_q.onnx", "--bits", "auto", "-o", tmp_path / "a")
     assert_failed_cleanly(refused, tmp_path / "a", "already quantized")
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_qdq_model_with_bad_scale(tmp_path: Path, scale: float) -> None:
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.ones((4, 2), np.float32), "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 4])],
+                              [helper.make_tensor_value_info("y", 1, [1, 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "bad.onnx")
+    out = tmp_path / "out"
+    assert_failed_cleanly(run_qcc("compile", tmp_path / "bad.onnx", "-o", out), out, "scale")
