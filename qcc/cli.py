@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -118,6 +119,31 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
         click.echo(f"wrote {output}")
 
 
+def _training_options(fn: Any) -> Any:
+    """The --train options of `qcc compile` (passes/training_program.py TrainOptions)."""
+    options = [
+        click.option("--train", is_flag=True,
+                     help="Also compile the fixed-point training step (seeds/001): "
+                          "training.json and train_state.npz for `qcc train`."),
+        click.option("--update", type=click.Choice(["fx", "bc", "sr", "r"]), default="fx",
+                     show_default=True,
+                     help="--train: weight update: fx (accumulators), bc (BinaryConnect), "
+                          "sr (stochastic rounding), r (rounding) (seeds/003 eq. 3-7)."),
+        click.option("--lr", "train_lr", default="2^-4", show_default=True, metavar="2^-K",
+                     help="--train: learning rate, a power of two (the update is a shift)."),
+        click.option("--grad-ternary", type=int, default=0, show_default=True, metavar="S",
+                     help="--train: weight gradients from S stochastic ternarizations of the "
+                          "back-propagated gradients (seeds/000 Algorithm 1); 0: off."),
+        click.option("--trainable", default=None, metavar="LAYER,...",
+                     help="--train: train only these layers (default: all weighted layers)."),
+        click.option("--train-batch", type=int, default=32, show_default=True,
+                     help="--train: largest training batch the program takes."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--bits", "bits", default="8", show_default=True, metavar="N|auto",
@@ -139,12 +165,16 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
 @click.option("--lr-min", type=float, default=None,
               help="--bits auto: smallest learning rate of training (eq. 4). Default: the "
                    "warm-up schedule's.")
+@click.option("--target", type=click.Choice(["numpy", "c"]), default="numpy", show_default=True,
+              help="c: also emit a C99 library (OUTDIR/<name>.h/.c, runtime, Makefile, "
+                   "CMakeLists.txt, host harness, mcu/ for QEMU mps2-an386) and its summary.")
+@_training_options
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
               help="Output folder (replaced only when the compile succeeds).")
 def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
             overrides: Path | None, calib: Path | None,
             train_data: Path | None, pm_target: float, lr_min: float | None,
-            outdir: Path) -> None:
+            target: str, outdir: Path, **training: Any) -> None:
     """Quantize MODEL (.onnx) into an integer graph and write OUTDIR.
 
     OUTDIR holds model.qcc.onnx (the integer graph, runnable with `qcc run OUTDIR`),
@@ -156,13 +186,76 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
         raise QccError(f"unknown scheme {scheme!r}; known: {', '.join(known_schemes())}")
     if bits != "auto" and not bits.isdigit():
         raise QccError(f"--bits must be a number from 1 to 16 or 'auto', got {bits!r}")
+    options = _train_options(training)
+    if options is not None and lr_min is None:  # eq. 4: the accumulators resolve the lr
+        lr_min = 2.0 ** options.lr_exp
     compiled = compile_model(model, bits if bits == "auto" else check_bits(int(bits)), scheme,
                              calib, overrides, train_data, pm_target, lr_min,
                              binary_activations)
+    if options is not None:
+        from qcc.compiler import attach_training
+        attach_training(compiled, options, calib, train_data)
     for note in compiled.notes:
         click.echo(f"qcc: note: {note}", err=True)
-    write_outdir(compiled, outdir)
+    samples = None
+    if target == "c" and calib is not None:  # the C library's MCU example runs 4 of them
+        from qcc.compiler import load_data
+        samples = load_data(calib, compiled.reference, "calibration data")[0][:4]
+    c_summary = write_outdir(compiled, outdir, target, model.stem, samples)
     _print_layers(compiled.precision)
+    if c_summary is not None:
+        from backends.c import summary_lines
+        click.echo("\n".join(summary_lines(c_summary)))
+    if options is not None:
+        click.echo(f"training: update {options.update}, lr 2^{options.lr_exp}, batch "
+                   f"{options.batch}, grad-ternary {options.grad_ternary or 'off'}, trainable "
+                   f"{', '.join(la.name for la in compiled.training.program.trained)}; run "
+                   f"`qcc train {outdir} --data DATA.npz --steps N`")
+    click.echo(f"wrote {outdir}")
+
+
+def _train_options(kw: dict[str, Any]) -> Any:
+    """TrainOptions from the --train options, or None without --train."""
+    from backends.numpy_int.training.outdir import parse_lr, parse_trainable
+    from passes.training_program import TrainOptions
+
+    if not kw["train"]:
+        return None
+    return TrainOptions(update=kw["update"], lr_exp=parse_lr(kw["train_lr"]),
+                        grad_ternary=kw["grad_ternary"],
+                        trainable=parse_trainable(kw["trainable"]), batch=kw["train_batch"])
+
+
+@main.command()
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Labelled training data (.npz with keys x and y).")
+@click.option("--steps", type=int, required=True, help="Training steps (minibatches).")
+@click.option("--batch-size", type=int, default=None,
+              help="Samples per step (at most the compiled --train-batch, its default).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the minibatch order.")
+@click.option("--lr", "train_lr", default=None, metavar="2^-K",
+              help="Learning rate (a power of two). Default: the compiled one.")
+def train(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: int,
+          train_lr: str | None) -> None:
+    """Train a folder compiled with --train in fixed point (the NumPy integer program).
+
+    Writes the updated model back into OUTDIR (model.qcc.onnx, reference.onnx with the float
+    weights reconstructed from the integers, train_state.npz); OUTDIR is unchanged on failure.
+    """
+    from backends.numpy_int.training.outdir import parse_lr, train_outdir
+    from qcc.compiler import load_data, load_outdir
+
+    reference = load_outdir(outdir).reference
+    x, y = load_data(data, reference, "training data", need_labels=True)
+    run = train_outdir(outdir, x, y, steps, batch_size, seed,
+                       None if train_lr is None else parse_lr(train_lr))
+    h = run.history
+    click.echo(f"trained steps {run.first_step + 1}..{run.last_step} in {h.seconds:.1f} s: "
+               f"loss {h.loss[-1]:.4f}, training accuracy {100 * h.accuracy[-1]:.2f} %")
+    for tensor, count in sorted(h.clipped.items()):
+        click.echo(f"  clipped in {tensor}: {count}")
     click.echo(f"wrote {outdir}")
 
 

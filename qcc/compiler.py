@@ -48,6 +48,7 @@ class Compiled:
     stats: dict[str, TensorStats]
     precision: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines for stderr
+    training: Any = None  # --train: backends.numpy_int.training.outdir.Training
 
 
 def load_data(path: Path | None, graph: Graph, what: str, need_labels: bool = False
@@ -215,11 +216,42 @@ def precision_report(graph: Graph, integer: Graph, config: QuantConfig) -> dict[
             "layers": layers}
 
 
-def write_outdir(compiled: Compiled, outdir: Path) -> None:
+def write_outdir(compiled: Compiled, outdir: Path, target: str = "numpy", name: str = "model",
+                 samples: np.ndarray | None = None) -> dict | None:
+    """Write OUTDIR; with target "c" also the C library of backends/c (named `name`, with
+    `samples` inputs for its MCU example, default: 4 of the default calibration noise) and
+    return its summary (summary.json)."""
     with atomic_dir(outdir) as tmp:
         onnx.save(export_model(compiled.integer), tmp / INTEGER_MODEL)
         onnx.save(export_model(compiled.reference), tmp / REFERENCE_MODEL)
         (tmp / PRECISION_FILE).write_text(json.dumps(compiled.precision, indent=2) + "\n")
+        if compiled.training is not None:  # --train: training.json, train_state.npz
+            from backends.numpy_int.training.outdir import write_training
+
+            write_training(tmp, compiled.training)
+        if target == "c":
+            from backends.c import emit_library
+
+            if samples is None:
+                samples = default_calibration(compiled.reference, 4)
+            return emit_library(compiled.integer, tmp, name, samples, source_model=name)
+    return None
+
+
+def attach_training(compiled: Compiled, options: Any, calib: Path | None,
+                    train_data: Path | None) -> None:
+    """--train: the fixed-point training program and its initial state
+    (passes/training_program.py, backends/numpy_int/training/outdir.py)."""
+    from backends.numpy_int.training.outdir import prepare_training
+
+    x = y = None
+    if train_data is not None:
+        x, y = load_data(train_data, compiled.reference, "training data", need_labels=True)
+    elif calib is not None:
+        x, _ = load_data(calib, compiled.reference, "calibration data")
+    else:
+        x = default_calibration(compiled.reference)
+    compiled.training = prepare_training(compiled.reference, compiled.integer, options, x, y)
 
 
 @dataclass

@@ -1,0 +1,386 @@
+"""One fixed-point training step on the integer graph: forward, softmax cross-entropy gradient,
+backward and update, in integers only, at the five per-tensor precisions of seeds/001
+(B_W, B_A, B_GW, B_GA, B_acc) with the update rules of seeds/003 and the ternarized
+back-propagation of seeds/000. This module, with training/softmax_ce.py, training/gradients.py
+and training/updates.py, is the specification the C train step mirrors bit for bit; the static
+part (formats, shifts, order) comes from passes/training_program.py (TrainingProgram).
+
+State (per trained layer, in graph order; arrays row-major in the weight's ONNX layout)
+- weight codes: the layer's weight constant in the integer graph (B_W-bit codes; binary ±1);
+- bias codes: the layer's bias constant (int32, step Δ_A·Δ_W);
+- acc[layer], int32, weight shape: fx: A, the part of the weight below its LSB (acc_bits bits);
+  bc: H, the whole high-precision weight (fixed: P·2^B + A; binary: the BinaryConnect weight);
+  sr and r keep none;
+- bias_master[layer], int32, one per output channel (updates.py);
+- rng = (seed, counter), both uint32 (qcc.numerics.rounding's counter-based PRNG), and step.
+train_state.npz stores `acc.<layer>`, `bias_master.<layer>`, `rng_seed`, `rng_counter`, `step`.
+
+A step on x (N <= the compiled batch samples), labels y, learning rate 2^lr_exp:
+1. Forward: the integer graph exactly as backends/numpy_int/interpreter.py runs it; every
+   tensor is kept. Nothing is drawn.
+2. Loss gradient: g = softmax(z) - onehot(y) in Q.24 from the logit codes z (softmax_ce.py);
+   it carries the 1/N of the mean loss to the first rounding point (GradRep.per_batch).
+3. Backward, nodes in program.backward_nodes order (reverse graph order):
+   - weighted layer l: the incoming gradient, masked by (output code > 0) when the layer has a
+     fused ReLU, is rounded to G_A(l) at step 2^ga_exp (gradients.round_gradient: DRAWS one per
+     element unless exact) and saturated to B_GA bits. If l is trained:
+       with --grad-ternary S: S stochastic ternarizations t_1..t_S of G_A(l)
+       (qcc.numerics.binary.stochastic_ternarize: DRAWS one per element, sample after sample),
+       s = max|G_A(l)|, G_W = s · Σ_k t_kᵀ A_l at step 2^(ga_exp + x_exp) with divisor S
+       (seeds/000 Algorithm 1); without: G_W = G_A(l)ᵀ A_l exactly;
+       G_W is rounded to step 2^gw_exp (DRAWS one per weight unless exact), saturated to B_GW
+       bits; the bias gradient is Σ of G_A(l) over the batch and positions (exact).
+     If the gradient flows on: dA_l = W_lᵀ G_A(l) exactly (with TBP: W_lᵀ (s · t_1)), step
+     2^(ga_exp + w_exp); binary weights: W_lᵀ (G_A · alpha_mult_c), step 2^(ga_exp - alpha_shift).
+   - MaxPool / GlobalMaxPool route each output's gradient to the first maximum of its window;
+     Relu masks by input > 0; Flatten, Reshape, ... move it; Requantize and QAdd pass it
+     unchanged (the gradient is of the real value) after their fused ReLU's mask (output >
+     its zero point); averaging pools spread it unchanged and multiply the tensor's divisor by
+     the window count. A tensor read by several nodes sums their gradients after
+     left-shifting them to the finer step.
+4. Update, trained layers in graph order: weights by the rule (training/updates.py; sr DRAWS
+   one per weight), then the bias (no draw).
+The PRNG counter advances by one per draw in exactly this order (each tensor row-major); which
+roundings draw depends only on the formats and N, never on the data. Saturations are counted
+per tensor (StepReport.clipped: `<layer>.G_A`, `<layer>.G_W`, `<layer>.weight`, `<layer>.bias`).
+
+For C: every quantity is an integer of at most 64 bits (products and dot products in int64,
+the Bernoulli tests in uint64); `x << k` of a negative x means x · 2^k and `>>` is the
+arithmetic (floor) shift; every shift, divisor and loop bound above is a constant of
+training.json except N. tests/backends/test_train_step.py compiles a C99 transcription of the
+softmax, the stochastic division and the update rules and checks it bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from backends.numpy_int.interpreter import run_integer
+from backends.numpy_int.training import gradients as G
+from backends.numpy_int.training.softmax_ce import ce_gradient_q24, float_loss
+from backends.numpy_int.training.updates import (
+    step_units,
+    update_bias,
+    update_binary,
+    update_fixed,
+)
+from passes.training_program import (
+    WEIGHTED_INT,
+    GradRep,
+    LayerProgram,
+    TrainingProgram,
+    backward_rep,
+)
+from qcc.errors import QccError
+from qcc.ir import Graph, Node
+from qcc.numerics.binary import stochastic_ternarize
+from qcc.numerics.rounding import INT32_MAX, INT32_MIN, RngState, round_half_away
+from qcc.ops.grads import global_maxpool_vjp, maxpool_vjp, pool_geometry
+
+I64 = NDArray[np.int64]
+Grad = tuple[I64, GradRep]
+
+
+@dataclass
+class TrainState:
+    """The mutable training state besides the graph's weight and bias codes."""
+
+    acc: dict[str, I64]
+    bias_master: dict[str, I64]
+    rng: RngState
+    step: int = 0
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {f"acc.{k}": v.astype(np.int32)
+                                         for k, v in self.acc.items()}
+        arrays.update({f"bias_master.{k}": v.astype(np.int32)
+                       for k, v in self.bias_master.items()})
+        arrays.update(rng_seed=np.uint32(self.rng.seed), rng_counter=np.uint32(self.rng.counter),
+                      step=np.uint32(self.step & 0xFFFFFFFF))
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrainState:
+        def part(prefix: str) -> dict[str, I64]:
+            return {k[len(prefix):]: np.asarray(v, np.int64) for k, v in arrays.items()
+                    if k.startswith(prefix)}
+
+        return cls(part("acc."), part("bias_master."),
+                   RngState(int(arrays["rng_seed"]), int(arrays["rng_counter"])),
+                   int(arrays["step"]))
+
+
+@dataclass
+class StepReport:
+    """What one step observed: host-side loss (float, display only), correct predictions,
+    saturations of the training tensors and of the forward pass."""
+
+    loss: float
+    correct: int
+    samples: int
+    clipped: dict[str, int] = field(default_factory=dict)
+    overflows: dict[str, int] = field(default_factory=dict)
+
+
+# -- state ----------------------------------------------------------------------------------
+def init_state(program: TrainingProgram, integer: Graph, reference: Graph | None = None
+               ) -> TrainState:
+    """The initial state: accumulators holding the float weights' residual below the weight
+    LSB (or zero without a float reference), master biases from the float biases (or from
+    the bias codes), the PRNG at (seed, 0)."""
+    acc, masters = {}, {}
+    for layer in program.trained:
+        real_w, real_b = _float_params(layer, reference)
+        codes = integer.values[layer.weight].const.astype(np.int64)
+        if layer.update in ("fx", "bc"):
+            acc[layer.name] = _initial_accumulator(layer, layer.update, codes, real_w)
+        if layer.bias is not None:
+            masters[layer.name] = _initial_master(layer, integer, real_b)
+    return TrainState(acc, masters, RngState(program.options.seed & 0xFFFFFFFF, 0))
+
+
+def _float_params(layer: LayerProgram, reference: Graph | None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if reference is None:
+        return None, None
+    node = reference.node(layer.name)
+    w = node.inputs[1].const.astype(np.float64) * float(node.attrs.get("alpha", 1.0))
+    b = node.input(2)
+    bias = None if b is None else np.broadcast_to(
+        b.const.astype(np.float64) * float(node.attrs.get("beta", 1.0)), (layer.out_channels,))
+    return w, bias
+
+
+def _initial_accumulator(layer: LayerProgram, rule: str, codes: I64,
+                         real_w: np.ndarray | None) -> I64:
+    scale = math.ldexp(1.0, -layer.acc_exp)
+    if layer.binary:  # BinaryConnect: H starts at the float weight (clipped to ±α)
+        a = np.asarray(layer.alpha_acc, np.int64).reshape(_channel_shape(layer))
+        start = codes * a if real_w is None else round_half_away(real_w * scale)
+        return np.clip(start, -a, a).astype(np.int64)
+    b = layer.acc_bits
+    half = 1 << (b - 1)
+    residual = np.zeros(codes.shape, np.int64) if real_w is None else np.clip(
+        round_half_away(real_w * scale) - (codes << b), -half, half - 1).astype(np.int64)
+    return residual if rule == "fx" else (codes << b) + residual
+
+
+def _initial_master(layer: LayerProgram, integer: Graph, real_b: np.ndarray | None) -> I64:
+    if real_b is not None:
+        master = round_half_away(real_b * math.ldexp(1.0, -layer.bias_master_exp))
+    else:  # invert the code conversion once, on the host
+        codes = integer.values[layer.bias].const.astype(np.float64)
+        master = round_half_away(codes * np.ldexp(1.0, np.asarray(layer.bias_shift))
+                                 / np.asarray(layer.bias_mult, np.float64))
+    return np.clip(master, INT32_MIN, INT32_MAX).astype(np.int64)
+
+
+def _channel_shape(layer: LayerProgram) -> tuple[int, ...]:
+    shape = [1] * len(layer.weight_shape)
+    shape[layer.channel_axis] = -1
+    return tuple(shape)
+
+
+# -- the step -------------------------------------------------------------------------------
+def check_batch(program: TrainingProgram, x: np.ndarray, y: np.ndarray) -> None:
+    """Refuse a batch the compiled program cannot take, before anything changes."""
+    if len(x) == 0:
+        raise QccError("empty training batch")
+    if len(x) > program.options.batch:
+        raise QccError(f"batch of {len(x)} samples is larger than the compiled training batch "
+                       f"({program.options.batch}); recompile with a larger --train-batch")
+    if np.shape(y) != (len(x),) or np.asarray(y).dtype.kind not in "iu":
+        raise QccError("labels must be one integer per sample")
+    if y.min() < 0 or y.max() >= program.classes:
+        raise QccError(f"labels must be 0 .. {program.classes - 1} (the model has "
+                       f"{program.classes} classes); got {int(y.min())} .. {int(y.max())}")
+
+
+def train_step(program: TrainingProgram, integer: Graph, state: TrainState, x: np.ndarray,
+               y: np.ndarray, lr_exp: int | None = None) -> StepReport:
+    """One step on (x, y) with learning rate 2^lr_exp (default: the compiled one). Updates the
+    weight / bias codes in `integer` and `state` in place; nothing changes if it raises."""
+    lr_exp = program.options.lr_exp if lr_exp is None else lr_exp
+    check_batch(program, x, y)
+    check_lr(program, lr_exp)
+    env, run = run_integer(integer, {program.input: x}, check=False, keep_all=True)
+    z = env[program.logits]
+    report = StepReport(float_loss(z, program.logits_exp, y),
+                        int(np.sum(z.reshape(len(z), -1).argmax(axis=1) == y)), len(x),
+                        overflows=dict(run.overflows))
+    rng = state.rng
+    seed = (ce_gradient_q24(z, program.logits_exp, y).reshape(z.shape),
+            program.reps[program.logits])
+    grads, rng = backward(program, integer, env, seed, len(x), rng, report.clipped)
+    rng = _update(program, integer, state, grads, lr_exp, rng, report.clipped)
+    state.rng, state.step = rng, state.step + 1
+    return report
+
+
+def check_lr(program: TrainingProgram, lr_exp: int) -> None:
+    """eq. 4: every trained layer's accumulator must resolve lr · Δ_GW."""
+    for layer in program.trained:
+        step_units(layer, np.zeros(1, np.int64), lr_exp)
+
+
+# -- backward -------------------------------------------------------------------------------
+def backward(program: TrainingProgram, integer: Graph, env: dict[str, np.ndarray],
+             seed: Grad, batch: int, rng: RngState, clipped: dict[str, int]
+             ) -> tuple[dict[str, tuple[I64, I64 | None]], RngState]:
+    """Step 3: {trained layer: (G_W codes, bias gradient sum)} and the advanced PRNG."""
+    pending: dict[str, Grad] = {program.logits: seed}
+    layers = {layer.name: layer for layer in program.layers}
+    samples = program.options.grad_ternary
+    results = {}
+    for name in program.backward_nodes:
+        node = integer.node(name)
+        grad = pending.pop(node.outputs[0].name)
+        if node.op_type in WEIGHTED_INT:
+            layer = layers[name]
+            flow, rng, result = _weighted_backward(layer, node, env, grad, batch, samples, rng,
+                                                   clipped)
+            if result is not None:
+                results[name] = result
+            if flow is None:
+                continue
+            contributions = [(node.inputs[0], flow)]
+        else:
+            contributions = _pass_backward(node, env, grad, program.shapes)
+        for value, (codes, rep) in contributions:
+            if value is not None and value.name in program.reps:
+                _accumulate(pending, value.name, codes, rep)
+    return results, rng
+
+
+def _accumulate(pending: dict[str, Grad], name: str, codes: I64, rep: GradRep) -> None:
+    if name not in pending:
+        pending[name] = (codes, rep)
+        return
+    old, old_rep = pending[name]
+    exp = min(old_rep.exp, rep.exp)
+    total = (old << np.int64(old_rep.exp - exp)) + (codes << np.int64(rep.exp - exp))
+    pending[name] = (total, GradRep(exp, rep.divisor, rep.per_batch))
+
+
+def _weighted_backward(layer: LayerProgram, node: Node, env: dict[str, np.ndarray],
+                       grad: Grad, batch: int, samples: int, rng: RngState,
+                       clipped: dict[str, int]):
+    codes, rep = grad
+    if layer.relu:
+        codes = np.where(env[layer.output] > 0, codes, 0)
+    ga, rng = G.round_gradient(codes, rep, layer.ga_exp, batch, rng)
+    ga = G.saturate(ga, layer.ga_bits, clipped, f"{layer.name}.G_A")
+    x = env[layer.input].astype(np.int64)
+    w = env[layer.weight]
+    source = ga
+    result = None
+    if layer.trainable:
+        gw, source, rng = _weight_gradient(layer, node, x, ga, w.shape, samples, rng)
+        gw = G.saturate(gw, layer.gw_bits, clipped, f"{layer.name}.G_W")
+        axes = (0,) + tuple(range(2, ga.ndim))
+        result = (gw, ga.sum(axis=axes) if layer.bias is not None else None)
+    if not layer.propagate:
+        return None, rng, result
+    if layer.binary:
+        mult = np.asarray(layer.alpha_mult, np.int64).reshape((1, -1) + (1,) * (ga.ndim - 2))
+        source = source * mult
+    return (G.input_grad(node, w, source, x.shape), layer.dx_rep), rng, result
+
+
+def _weight_gradient(layer: LayerProgram, node: Node, x: I64, ga: I64,
+                     w_shape: tuple[int, ...], samples: int, rng: RngState):
+    """(G_W codes at gw_exp, the gradient to propagate, rng): exact or seeds/000 Alg. 1."""
+    if not samples:
+        exact = G.weight_grad(node, x, ga, w_shape)
+        gw, rng = G.round_gradient(exact, GradRep(layer.ga_exp + layer.x_exp), layer.gw_exp,
+                                   1, rng)
+        return gw, ga, rng
+    total = np.zeros(w_shape, np.int64)
+    first = None
+    for _ in range(samples):
+        t, scale, rng = stochastic_ternarize(ga, rng)
+        t = t.astype(np.int64)
+        total += G.weight_grad(node, x, t, w_shape)
+        first = t if first is None else first
+    s = int(scale)
+    gw, rng = G.round_gradient(total * s, GradRep(layer.ga_exp + layer.x_exp, samples),
+                               layer.gw_exp, 1, rng)
+    return gw, first * s, rng
+
+
+def _pass_backward(node: Node, env: dict[str, np.ndarray], grad: Grad,
+                   shapes: dict[str, tuple[int, ...]]) -> list[tuple]:
+    """The gradient a non-weighted node hands to its inputs (module docstring, step 3)."""
+    codes, rep = grad
+    x = env[node.inputs[0].name]
+    out = backward_rep(node, rep, shapes)
+    op = node.op_type
+    if op in ("Requantize", "QAdd"):  # a fused ReLU masks by output > zero point
+        if node.attrs.get("relu", 0):
+            y = env[node.outputs[0].name]
+            codes = np.where(y > int(node.attrs.get("out_zero_point", 0)), codes, 0)
+        return [(v, (codes, out)) for v in node.inputs]
+    if op == "Relu":
+        return [(node.inputs[0], (np.where(x > 0, codes, 0), out))]
+    if op in ("MaxPool", "GlobalMaxPool"):
+        vjp = maxpool_vjp if op == "MaxPool" else global_maxpool_vjp
+        xf = x.astype(np.float64)
+        yf = env[node.outputs[0].name].astype(np.float64)
+        dx = vjp(node, [xf], [yf], [codes.astype(np.float64)])[0]
+        return [(node.inputs[0], (np.rint(dx).astype(np.int64), out))]
+    if op == "GlobalAveragePool":
+        return [(node.inputs[0], (np.broadcast_to(codes, x.shape).copy(), out))]
+    if op == "AveragePool":
+        return [(node.inputs[0], (_spread(node, x, env[node.outputs[0].name], codes), out))]
+    if op == "Transpose":
+        perm = node.attrs.get("perm", list(range(x.ndim))[::-1])
+        return [(node.inputs[0], (codes.transpose(np.argsort(perm)), out))]
+    if op == "Concat":
+        axis = node.attrs["axis"] % codes.ndim
+        cuts = np.cumsum([env[v.name].shape[axis] for v in node.inputs])[:-1]
+        return [(v, (part, out)) for v, part in zip(node.inputs, np.split(codes, cuts, axis))]
+    return [(node.inputs[0], (codes.reshape(x.shape), out))]  # reshapes, Identity, Dropout
+
+
+def _spread(node: Node, x: np.ndarray, y: np.ndarray, codes: I64) -> I64:
+    """AveragePool backward without the division: each output's gradient to every tap."""
+    geom = pool_geometry(node, x, y)
+    spatial = tuple(b + i + e for b, i, e in zip(geom.pads_begin, geom.in_spatial,
+                                                 geom.pads_end))
+    dxp = np.zeros(x.shape[:2] + spatial, np.int64)
+    for sl in geom.taps():
+        dxp[(..., *sl)] += codes
+    return geom.crop(dxp)
+
+
+# -- update ---------------------------------------------------------------------------------
+def _update(program: TrainingProgram, integer: Graph, state: TrainState,
+            grads: dict[str, tuple[I64, I64 | None]], lr_exp: int, rng: RngState,
+            clipped: dict[str, int]) -> RngState:
+    """Step 4: every trained layer in graph order, weights then bias. The results are computed
+    first and written only when every layer succeeded."""
+    writes = []
+    for layer in program.trained:
+        gw, gb = grads[layer.name]
+        w_val = integer.values[layer.weight]
+        u = step_units(layer, gw, lr_exp)
+        fn = update_binary if layer.binary else update_fixed
+        w, acc, rng = fn(layer, layer.update, w_val.const.astype(np.int64),
+                         state.acc.get(layer.name), u, rng, clipped)
+        writes.append((w_val, w.astype(w_val.const.dtype), state.acc, layer.name, acc))
+        if layer.bias is not None and gb is not None:
+            master, codes = update_bias(layer, state.bias_master[layer.name], gb, lr_exp,
+                                        clipped)
+            b_val = integer.values[layer.bias]
+            writes.append((b_val, codes.astype(b_val.const.dtype), state.bias_master,
+                           layer.name, master))
+    for value, codes, table, name, array in writes:
+        value.const = codes
+        if array is not None:
+            table[name] = array
+    return rng
+
