@@ -37,9 +37,16 @@ class QccGroup(click.Group):
 
 @click.group(cls=QccGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qcc")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="BLAS threads. The GEMMs of small models run fastest on one; several threads "
+                   "contend badly on a busy machine.")
+@click.pass_context
+def main(ctx: click.Context, threads: int) -> None:
     """qcc: compile a trained ONNX model into fixed-point, APoT or binary arithmetic, check it with
     a bit-exact NumPy integer interpreter, and emit a C99 library for microcontrollers."""
+    from threadpoolctl import threadpool_limits
+
+    ctx.with_resource(threadpool_limits(limits=threads, user_api="blas"))
 
 
 @main.command()
