@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 from hypothesis import settings
+from threadpoolctl import threadpool_limits
 
 from qcc import zoo
 
@@ -16,6 +17,8 @@ from qcc import zoo
 # written into the working tree.
 settings.register_profile("qcc", derandomize=True, database=None)
 settings.load_profile("qcc")
+# One BLAS thread, as the CLI defaults to: small GEMMs only lose from more on 2 cores.
+threadpool_limits(limits=1, user_api="blas")
 
 
 @pytest.fixture(scope="session")
