@@ -18,6 +18,9 @@ The arithmetic, written down once (the C runtime mirrors it function for functio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
+
 import numpy as np
 
 from backends.numpy_int import xnor
@@ -45,30 +48,58 @@ def storage_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
+@dataclass(frozen=True)
+class _Requant:
+    """A node's requantization constants, checked and shaped once."""
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    half: np.ndarray  # 2^(S-1) where S > 0, else 0
+    rounds: np.ndarray  # S > 0
+    unit: bool  # M == 1 everywhere: a pure shift
+    zero_point: int
+    lo: int
+    hi: int
+    floor: int  # lo, or the zero point with a fused ReLU
+    relu: bool
+    dtype: np.dtype
+
+
+_REQUANT: WeakKeyDictionary[Node, _Requant] = WeakKeyDictionary()
+
+
+def _requant_params(node: Node, ndim: int, axis: int | None) -> _Requant:
+    params = _REQUANT.get(node)
+    if params is not None and params.multiplier.ndim in (0, ndim):
+        return params
+    a = node.attrs
+    multiplier = _per_channel(a.get("multiplier", 1), ndim, axis)
+    shift = _per_channel(a.get("shift", 0), ndim, axis)
+    if np.any(multiplier < 1) or np.any(multiplier >= MAX_MULTIPLIER) or np.any(shift < 0):
+        raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24 and S >= 0")
+    zero_point, relu = int(a.get("out_zero_point", 0)), bool(a.get("relu", 0))
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    params = _Requant(multiplier, shift, np.where(shift > 0, np.left_shift(
+        np.int64(1), np.maximum(shift - 1, 0)), 0), shift > 0, bool(np.all(multiplier == 1)),
+        zero_point, lo, hi, max(lo, zero_point) if relu else lo, relu, storage_dtype(lo, hi))
+    _REQUANT[node] = params
+    return params
+
+
 def requantize(acc: np.ndarray, node: Node, axis: int | None = None) -> np.ndarray:
     """acc (int64) -> output codes by the node's `multiplier`, `shift`, `out_zero_point`,
     `out_lo`, `out_hi` and `relu` attributes; per-channel along `axis` when they are lists."""
-    a = node.attrs
-    multiplier = _per_channel(a.get("multiplier", 1), acc.ndim, axis)
-    shift = _per_channel(a.get("shift", 0), acc.ndim, axis)
-    if np.any(multiplier < 1) or np.any(multiplier >= MAX_MULTIPLIER) or np.any(shift < 0):
-        raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24 and S >= 0")
+    p = _requant_params(node, acc.ndim, axis)
     peak = max(-int(acc.min()), int(acc.max())) if acc.size else 0
-    if peak * int(multiplier.max()) >= 1 << 62:
+    if peak * int(p.multiplier.max()) >= 1 << 62:
         raise QccError(f"node {node.name!r}: accumulator too large to requantize exactly")
-    zero_point = int(a.get("out_zero_point", 0))
-    lo, hi = int(a["out_lo"]), int(a["out_hi"])
-    if multiplier.size == 1 and int(multiplier) == 1:
-        v = _round_shift_small(acc, shift)  # fixed point: a pure shift
-    else:
-        v = _round_shift_small(acc * multiplier, shift)
-    if zero_point:
-        v += zero_point
-    relu = bool(a.get("relu", 0))
+    v = _shift_rounding(acc if p.unit else acc * p.multiplier, p.shift, p.half, p.rounds)
+    if p.zero_point:
+        v += p.zero_point
     # values below the zero point that a fused ReLU clamps are not overflows
-    count_overflow(node.outputs[0].name, np.count_nonzero((v > hi) | ((v < lo) & (not relu))))
-    floor = max(lo, zero_point) if relu else lo
-    return np.clip(v, floor, hi).astype(storage_dtype(lo, hi))
+    count_overflow(node.outputs[0].name, np.count_nonzero(v > p.hi) if p.relu else
+                   np.count_nonzero((v > p.hi) | (v < p.lo)))
+    return np.clip(v, p.floor, p.hi).astype(p.dtype)
 
 
 def _per_channel(value: int | list[int], ndim: int, axis: int | None) -> np.ndarray:
@@ -83,12 +114,15 @@ def _per_channel(value: int | list[int], ndim: int, axis: int | None) -> np.ndar
 
 
 def _round_shift_small(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """round_shift (ties away from zero) as (x + 2^(s-1) − [x < 0]) >> s, valid where
-    |x| < 2^62 (checked by the caller); equal to qcc.numerics.rounding.round_shift there."""
-    if s.size == 1 and int(s) == 0:
-        return x.copy()
-    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
-    return (x + half - (x < 0) * (s > 0)) >> s
+    """qcc.numerics.rounding.round_shift (ties away from zero) for |x| < 2^62."""
+    return _shift_rounding(x, s, np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)),
+                                          0), s > 0)
+
+
+def _shift_rounding(x: np.ndarray, s: np.ndarray, half: np.ndarray, rounds: np.ndarray
+                    ) -> np.ndarray:
+    """(x + 2^(s-1) − [x < 0]) >> s where s > 0 (`half`, `rounds` precomputed from s)."""
+    return (x + half - ((x < 0) & rounds)) >> s
 
 
 def exact_float_type(k: int, a_max: int, b_max: int, node: Node) -> np.dtype:
