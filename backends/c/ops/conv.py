@@ -1,0 +1,470 @@
+"""QConv in C: kernels.qconv (and xnor.conv_acc for dot = "xnor"), one sample, 1-D or 2-D.
+
+Three loop orders, all giving acc = b + Σ (x − zx)·w exactly (then kernels.requantize):
+
+- patches (weights stored as int8 / int16, general and pointwise convs): im2col for a block of
+  output positions (padding filled with the zero point zx, so it adds 0), then per
+  output channel the dot products of the weight row with each patch; acc starts at
+  b − zx·Σw, so the inner loop is a plain dot product of codes (compilers vectorise it, into
+  VNNI dot-product instructions where the CPU has them);
+- planes (depthwise, tiny kernels, and weights that need decoding: sub-byte, signs, APoT
+  shift-adds): per output channel, a plane of accumulators starts at the bias and every kernel
+  tap adds (x − zx)·w over the output positions whose input lies inside the image (ranges
+  tabulated here, so padding costs nothing); a row of weights is decoded once per channel;
+- xnor (sign activations, binary weights): per output position the patch's sign bits and
+  validity mask in uint32 words, then 2·popcount(XNOR(a, w) & valid) − popcount(valid) per
+  output channel (xnor.py's identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
+from backends.c.ops.common import Requant, acc_type, int_literal, linear
+from backends.c.ops.weights import RowReader
+from backends.c.packing import WeightRows, store_rows
+from backends.c.writer import CWriter
+from qcc.errors import QccError
+from qcc.ir import Node
+from qcc.ops import nn
+
+# output positions per im2col block, so each weight load serves that many products: 8 where
+# the compiler keeps 8 accumulators in (vector) registers, 4 on 32-bit Arm (Cortex-M has 13
+# usable core registers; 8 accumulators spill). emit.py defines <NAME>_PATCH_BLOCK accordingly.
+PATCH_BLOCKS = (8, 4)
+PATCH_ALIGN = 16  # patches are zero-padded to a multiple of this many taps (vector width)
+MIN_PATCH_TAPS = 8  # below this many taps per output, the plane order is cheaper
+
+
+@dataclass
+class ConvShape:
+    """A 1-D or 2-D convolution seen as 2-D (a 1-D one has H = KH = 1)."""
+
+    cin: int
+    h: int
+    wd: int
+    cout: int
+    ho: int
+    wo: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    ph: int  # padding before, rows
+    pw: int  # padding before, columns
+    groups: int
+
+    @property
+    def cg(self) -> int:
+        return self.cin // self.groups
+
+    @property
+    def mg(self) -> int:
+        return self.cout // self.groups
+
+    @property
+    def k(self) -> int:
+        return self.cg * self.kh * self.kw
+
+    @property
+    def plane(self) -> int:
+        return self.ho * self.wo
+
+    @property
+    def padded(self) -> bool:
+        """Whether some tap of some output position falls outside the image."""
+        return any(self.valid("h", t) != (0, self.ho) for t in range(self.kh)) or any(
+            self.valid("w", t) != (0, self.wo) for t in range(self.kw))
+
+    def valid(self, axis: str, tap: int) -> tuple[int, int]:
+        """Output positions [lo, hi) whose input row (column) for kernel tap `tap` is inside."""
+        size, out, stride, dil, pad = (
+            (self.h, self.ho, self.sh, self.dh, self.ph) if axis == "h"
+            else (self.wd, self.wo, self.sw, self.dw, self.pw))
+        offset = tap * dil - pad  # input index of output position 0
+        lo = -(offset // stride) if offset < 0 else 0
+        hi = min(out, (size - 1 - offset) // stride + 1) if size - 1 - offset >= 0 else 0
+        return min(lo, out), max(min(lo, out), hi)
+
+    def describe(self) -> str:
+        return (f"{self.cin}x{self.h}x{self.wd} -> {self.cout}x{self.ho}x{self.wo}, kernel "
+                f"{self.kh}x{self.kw}, stride {self.sh}x{self.sw}, groups {self.groups}")
+
+
+def conv_shape(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> ConvShape:
+    """Geometry from qcc.ops.nn.window, as the interpreter's conv resolves it."""
+    if len(x_shape) not in (3, 4) or x_shape[0] != 1:
+        raise QccError(f"QConv {node.name!r}: the C backend takes 1-D or 2-D convolutions of "
+                       f"one sample, not input shape {list(x_shape)}")
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w_shape[2:]))
+    win = nn.window(node, x_shape[2:], kernel)
+
+    def two(values: tuple[int, ...], default: int) -> tuple[int, int]:
+        return (values[0], values[1]) if len(kernel) == 2 else (default, values[0])
+
+    (h, wd), (ho, wo) = two(win.in_spatial, 1), two(win.out_spatial, 1)
+    (kh, kw), (sh, sw) = two(win.kernel, 1), two(win.strides, 1)
+    (dh, dw), (ph, pw) = two(win.dilations, 1), two(win.pads_begin, 0)
+    return ConvShape(x_shape[1], h, wd, w_shape[0], ho, wo, kh, kw, sh, sw, dh, dw, ph, pw,
+                     int(node.attrs.get("group", 1)))
+
+
+@dataclass
+class ConvSetup:
+    """Everything one QConv needs, computed once per node."""
+
+    g: ConvShape
+    rows: WeightRows
+    req: Requant
+    bound: int  # |final accumulator| bound (kernels.exact_float_type's k·max|x−zx|·max|w| + |b|)
+    acc_t: str
+    order: str  # "patches", "planes" or "xnor"
+    zx: int
+    init: list[int]  # per output channel: the accumulator's start value
+    reader: RowReader
+    offset: int = 0  # patches: added to every code (int8 -> uint8); init subtracts it again
+
+    def patch_t(self, x_t: str) -> str:
+        """int8 codes go into uint8 patches: shifted by the offset, or as they are when none
+        is negative (e.g. 4-bit unsigned codes stored in int8)."""
+        return "uint8_t" if x_t == "int8_t" else x_t
+
+
+@c_kernel
+class QConvKernel(Kernel):
+    op_types = ("QConv",)
+
+    def setup(self, node: Node, ctx) -> ConvSetup:
+        if node.name in ctx.memo:
+            return ctx.memo[node.name][0]
+        x = ctx.t(node.inputs[0])
+        w = node.inputs[1].const.astype(np.int64)
+        g = conv_shape(node, x.shape, w.shape)
+        xnor = node.attrs.get("dot") == "xnor"
+        flat = w.reshape(g.cout, g.k)
+        rows = store_rows(flat, ctx.cname(node, "w"), xnor=xnor)
+        order = self._order(g, rows, xnor)
+        if order == "patches" and rows.direct:  # dot products run to the padded length
+            rows = rows.with_tail(padded_taps(g.k) - g.k)
+        ctx.add_weights(rows)
+        zx = int(node.attrs.get("x_zero_point", 0))
+        bias = node.input(2)
+        b = (np.broadcast_to(bias.const.astype(np.int64).ravel(), (g.cout,)) if bias is not None
+             else np.zeros(g.cout, np.int64))
+        x_max = 1 if xnor else max(abs(x.lo - zx), abs(x.hi - zx))
+        bound = g.k * x_max * rows.absmax + int(np.abs(b).max(initial=0))
+        init = b.copy()
+        partial = bound
+        offset = 0
+        if order == "patches":  # raw codes in the dot product, zx·Σw folded into the start
+            # int8 codes enter the patches as x + 128 (uint8): unsigned-by-signed byte dot
+            # products are what VNNI / dot-product instructions multiply
+            offset = 128 if x.ctype == "int8_t" and x.lo < 0 else 0
+            init = b - (zx + offset) * flat.sum(axis=1)
+            partial = g.k * (x.absmax + offset) * rows.absmax + int(np.abs(init).max(initial=0))
+        acc_t = acc_type(max(bound, partial), node)
+        setup = ConvSetup(g, rows, Requant.of(node, g.cout, ctx.cname(node, "rq")), bound,
+                          acc_t, order, zx, [int(v) for v in init],
+                          RowReader(rows, ctx.rt, acc_t), offset)
+        ctx.memo[node.name] = (setup,)
+        return setup
+
+    @staticmethod
+    def _order(g: ConvShape, rows: WeightRows, xnor: bool) -> str:
+        if xnor:
+            return "xnor"
+        depthwise = g.cg == 1 and g.groups > 1
+        unpackable = rows.direct or rows.kind in ("packed", "signs")
+        if unpackable and g.k >= MIN_PATCH_TAPS and not depthwise:
+            return "patches"
+        return "planes"
+
+    def plan(self, node: Node, ctx) -> KernelPlan:
+        s = self.setup(node, ctx)
+        g, x_t = s.g, ctx.t(node.inputs[0]).ctype
+        macs = g.cout * g.plane * g.k
+        if s.order == "xnor":
+            words = s.rows.words
+            return KernelPlan([Scratch("uint32_t", words), Scratch("uint32_t", words)],
+                              macs=macs, note=f"XNOR-popcount conv {g.describe()}")
+        if s.order == "patches":
+            block = min(max(PATCH_BLOCKS), g.plane)
+            row = [] if s.rows.direct else [Scratch("int8_t", padded_taps(g.k))]
+            return KernelPlan([Scratch(s.patch_t(x_t), block * padded_taps(g.k))] + row,
+                              macs=macs,
+                              note=f"conv {g.describe()}: im2col blocks of positions times "
+                                   f"{s.rows.kind} weight rows, {s.acc_t} accumulators")
+        kind = "depthwise" if g.cg == 1 and g.groups > 1 else "plane-order"
+        decode = " (shift-add)" if s.reader.shift_add else ""
+        return KernelPlan([Scratch(s.acc_t, g.plane)] + s.reader.scratch, macs=macs,
+                          note=f"{kind} conv {g.describe()}, {s.acc_t} accumulators, "
+                               f"{s.rows.kind} weights{decode}")
+
+    def emit(self, node: Node, ctx, w: CWriter) -> None:
+        s = self.setup(node, ctx)
+        s.req.define(ctx.consts)
+        if any(s.init):
+            ctx.const_array(node, "init", s.acc_t, [int_literal(v) for v in s.init])
+        init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"
+        x = ctx.t(node.inputs[0])
+        out_t = ctx.t(node.outputs[0]).ctype
+        emitter = {"xnor": _emit_xnor, "patches": _emit_patches, "planes": _emit_planes}
+        emitter[s.order](w, ctx, s, x.ctype, x.lo, out_t, init)
+
+
+# -- patches (im2col blocks) -------------------------------------------------------------------
+def _emit_patches(w: CWriter, ctx, s: ConvSetup, x_t: str, x_lo: int, out_t: str,
+                  init: str) -> None:
+    """Both block sizes, chosen by the preprocessor (<NAME>_PATCH_BLOCK, see emit.py)."""
+    wide, narrow = (min(b, s.g.plane) for b in PATCH_BLOCKS)
+    if wide == narrow:
+        _emit_patch_block(w, ctx, s, x_t, out_t, init, wide)
+        return
+    w.directive(f"#if {ctx.name.upper()}_PATCH_BLOCK == {PATCH_BLOCKS[0]}")
+    _emit_patch_block(w, ctx, s, x_t, out_t, init, wide)
+    w.directive("#else")
+    _emit_patch_block(w, ctx, s, x_t, out_t, init, narrow)
+    w.directive("#endif")
+
+
+def _emit_patch_block(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str, init: str,
+                      block: int) -> None:
+    g, k, kp = s.g, s.g.k, padded_taps(s.g.k)
+    ragged = g.plane % block != 0
+    w.line("int32_t p0, j, oc, i;")
+    groups = g.groups > 1
+    if groups:
+        w.line("int32_t gr;")
+        w.line(f"for (gr = 0; gr < {g.groups}; ++gr) {{")
+        w.depth += 1
+    with w.block(f"for (p0 = 0; p0 < {g.plane}; p0 += {block})"):
+        w.comment(f"im2col: the patches of positions p0 .. p0 + {block - 1}"
+                  + (" (the zero point where a tap is in the padding)" if g.padded else ""))
+        with w.block(f"for (j = 0; j < {block}; ++j)"):
+            last = f"p0 + j < {g.plane} ? p0 + j : {g.plane - 1}" if ragged else "p0 + j"
+            w.line(f"const int32_t p = {last};")
+            w.line(f"{s.patch_t(x_t)} *const q = s0 + j * {kp};")
+            _gather_patch(w, g, x_t, s, "gr" if groups else None)
+            if kp > k:
+                with w.block(f"for (i = {k}; i < {kp}; ++i)"):
+                    w.line("q[i] = 0; /* padding to the vector width: adds nothing */")
+        oc_lo, oc_hi = (f"gr * {g.mg}", f"(gr + 1) * {g.mg}") if groups else ("0", str(g.cout))
+        with w.block(f"for (oc = {oc_lo}; oc < {oc_hi}; ++oc)"):
+            if s.rows.direct:
+                w.line(f"const {s.rows.row_ctype} *const wr = {s.rows.cname} + oc * {k};")
+            else:  # sub-byte codes or signs: unpacked once per row and block
+                s.reader.fetch(w, "oc", "s1")
+                if kp > k:
+                    with w.block(f"for (i = {k}; i < {kp}; ++i)"):
+                        w.line("s1[i] = 0;")
+            names = [f"a{j}" for j in range(block)]
+            w.line(f"const {s.acc_t} start = {init};")
+            w.line(f"{s.acc_t} {', '.join(f'{a} = start' for a in names)};")
+            for lo, hi in _spans(kp):  # full vector widths first: no scalar tail loops
+                with w.block(f"for (i = {lo}; i < {hi}; ++i)"):
+                    w.line(f"const {s.acc_t} wv = wr[i];")
+                    for j, a in enumerate(names):
+                        w.line(f"{a} += ({s.acc_t})s0[{linear([('i', 1)], j * kp)}] * wv;")
+            if ragged or block != PATCH_BLOCKS[0]:  # unrolled: no loop overhead on small cores
+                for j, a in enumerate(names):
+                    store = (f"y0[oc * {g.plane} + p0 + {j}] = "
+                             f"({out_t}){s.req.expr(a, 'oc', s.bound, s.acc_t, ctx.rt)};")
+                    if j and ragged:
+                        with w.block(f"if (p0 + {j} < {g.plane})"):
+                            w.line(store)
+                    else:
+                        w.line(store)
+            else:  # one loop over the wide block: the compiler vectorises the requantization
+                w.line(f"const {s.acc_t} acc[{block}] = {{{', '.join(names)}}};")
+                with w.block(f"for (j = 0; j < {block}; ++j)"):
+                    value = s.req.expr("acc[j]", "oc", s.bound, s.acc_t, ctx.rt)
+                    w.line(f"y0[oc * {g.plane} + p0 + j] = ({out_t}){value};")
+    if groups:
+        w.depth -= 1
+        w.line("}")
+
+
+def padded_taps(k: int) -> int:
+    """The patch length: k rounded up to PATCH_ALIGN (k itself when k <= PATCH_ALIGN)."""
+    return k if k <= PATCH_ALIGN else -(-k // PATCH_ALIGN) * PATCH_ALIGN
+
+
+def _spans(k: int) -> list[tuple[int, int]]:
+    """[0, k) cut at the last multiples of 64 and of 16: a compiler vectorises each piece at
+    its own width instead of finishing a long dot product with a scalar loop."""
+    cuts = sorted({0, k - k % 64, k - k % 16, k})
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _gather_patch(w: CWriter, g: ConvShape, x_t: str, s: ConvSetup, group: str | None) -> None:
+    """q[t] = the input under tap t = (ic, kh, kw) of output position p (plus the offset): a
+    plain copy where the whole window is inside the image, a bounds-checked one (padding = zx)
+    elsewhere."""
+    def code(c: str) -> str:
+        if s.patch_t(x_t) == x_t:
+            return c
+        return f"(uint8_t)({c} + {s.offset})" if s.offset else f"(uint8_t){c}"
+
+    w.line(f"const int32_t oh = p / {g.wo}, ow = p % {g.wo};" if g.wo > 1 else
+           "const int32_t oh = p, ow = 0;")
+    w.line("int32_t ic, kh, kw, t = 0;")
+    channel = f"{group} * {g.cg} + ic" if group else "ic"
+    rows = [g.valid("h", t) for t in range(g.kh)]
+    cols = [g.valid("w", t) for t in range(g.kw)]
+    inner = (max(r[0] for r in rows), min(r[1] for r in rows),
+             max(c[0] for c in cols), min(c[1] for c in cols))
+    test = []
+    if g.padded:
+        test = [f"oh >= {inner[0]}", f"oh < {inner[1]}", f"ow >= {inner[2]}",
+                f"ow < {inner[3]}"]
+        test = [c for c, trivial in zip(test, (inner[0] == 0, inner[1] == g.ho, inner[2] == 0,
+                                                inner[3] == g.wo)) if not trivial]
+    origin = linear([("oh", g.sh * g.wd), ("ow", g.sw)], -g.ph * g.wd - g.pw)
+    if test:
+        w.line(f"if ({' && '.join(test)}) {{")
+        w.depth += 1
+    w.line(f"const {x_t} *const xw = x0 + {origin};")
+    with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+        w.line(f"const {x_t} *const xc = xw + {_paren(channel)} * {g.h * g.wd};")
+        with w.block(f"for (kh = 0; kh < {g.kh}; ++kh)"):
+            with w.block(f"for (kw = 0; kw < {g.kw}; ++kw, ++t)"):
+                tap = linear([("kh", g.dh * g.wd), ("kw", g.dw)], 0)
+                w.line(f"q[t] = {code(f'xc[{tap}]')};")
+    if not test:
+        return
+    w.depth -= 1
+    with w.block("} else", ""):
+        with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+            w.line(f"const {x_t} *const xc = x0 + {_paren(channel)} * {g.h * g.wd};")
+            with w.block(f"for (kh = 0; kh < {g.kh}; ++kh)"):
+                w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', g.dh)], -g.ph)};")
+                with w.block(f"for (kw = 0; kw < {g.kw}; ++kw, ++t)"):
+                    w.line(f"const int32_t iw = {linear([('ow', g.sw), ('kw', g.dw)], -g.pw)};")
+                    pad = s.zx + s.offset
+                    w.line(f"q[t] = ih >= 0 && ih < {g.h} && iw >= 0 && iw < {g.wd} ? "
+                           f"{code(f'xc[ih * {g.wd} + iw]')} : ({s.patch_t(x_t)}){pad};")
+
+
+# -- planes ------------------------------------------------------------------------------------
+def _emit_planes(w: CWriter, ctx, s: ConvSetup, x_t: str, x_lo: int, out_t: str,
+                 init: str) -> None:
+    g, reader = s.g, s.reader
+    pointwise = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (1, 1, 1, 1, 0, 0)
+    if not pointwise:
+        rows_lo, rows_hi = zip(*(g.valid("h", t) for t in range(g.kh)))
+        cols_lo, cols_hi = zip(*(g.valid("w", t) for t in range(g.kw)))
+        w.comment("per kernel tap: the output rows / columns whose input is inside the image")
+        for label, values in (("oh_lo", rows_lo), ("oh_hi", rows_hi), ("ow_lo", cols_lo),
+                              ("ow_hi", cols_hi)):
+            w.line(f"static const int16_t {label}[{len(values)}] = "
+                   f"{{{', '.join(map(str, values))}}};")
+    loops = "" if pointwise else ", kh, kw, oh, ow"
+    w.line(f"int32_t oc, {'ic, ' if g.cg > 1 else ''}p{loops};")
+    w.line(f"{s.acc_t} *const acc = s0;")
+    with w.block(f"for (oc = 0; oc < {g.cout}; ++oc)"):
+        reader.fetch(w, "oc", "s1" if reader.scratch else None)
+        first = linear([(f"(oc / {g.mg})" if g.mg > 1 else "oc", g.cg)]) if g.groups > 1 else ""
+        with w.block(f"for (p = 0; p < {g.plane}; ++p)"):
+            w.line(f"acc[p] = {init};")
+        if g.cg > 1:  # one input channel per group (depthwise) needs no channel loop
+            w.line(f"for (ic = 0; ic < {g.cg}; ++ic) {{")
+            w.depth += 1
+        channel = " + ".join(c for c in (first, "ic" if g.cg > 1 else "") if c) or "0"
+        w.line(f"const {x_t} *const xc = x0 + {_paren(channel)} * {g.h * g.wd};")
+        if pointwise:
+            _pointwise_tap(w, g, reader, s.zx, "ic" if g.cg > 1 else "0")
+        else:
+            _window_taps(w, g, reader, s.zx)
+        if g.cg > 1:
+            w.depth -= 1
+            w.line("}")
+        with w.block(f"for (p = 0; p < {g.plane}; ++p)"):
+            value = s.req.expr("acc[p]", "oc", s.bound, s.acc_t, ctx.rt)
+            w.line(f"y0[oc * {g.plane} + p] = ({out_t}){value};")
+
+
+def _paren(expr: str) -> str:
+    return f"({expr})" if " " in expr else expr
+
+
+def _centered(code: str, zx: int) -> str:
+    return f"(int32_t){code} - {zx}" if zx else code
+
+
+def _pointwise_tap(w: CWriter, g: ConvShape, reader: RowReader, zx: int, tap: str) -> None:
+    skip = reader.tap_constants(w, tap)
+    with w.block(f"if (!({skip}))"):
+        with w.block(f"for (p = 0; p < {g.plane}; ++p)"):
+            w.line(f"acc[p] += {reader.product(_centered('xc[p]', zx))};")
+
+
+def _window_taps(w: CWriter, g: ConvShape, reader: RowReader, zx: int) -> None:
+    """Every tap (kh, kw) of input channel ic over its valid output rectangle."""
+    channel = [("ic", g.kh * g.kw)] if g.cg > 1 else []
+    with w.block(f"for (kh = 0; kh < {g.kh}; ++kh)"):
+        with w.block(f"for (kw = 0; kw < {g.kw}; ++kw)"):
+            skip = reader.tap_constants(w, linear(channel + [("kh", g.kw), ("kw", 1)], 0))
+            with w.block(f"if ({skip})"):
+                w.line("continue;")
+            with w.block("for (oh = oh_lo[kh]; oh < oh_hi[kh]; ++oh)"):
+                row = linear([("oh", g.sh * g.wd), ("kh", g.dh * g.wd), ("kw", g.dw)],
+                             -g.ph * g.wd - g.pw)
+                w.line(f"const int32_t base = {row};")
+                w.line(f"{reader.acc_t} *const ar = acc + oh * {g.wo};")
+                with w.block("for (ow = ow_lo[kw]; ow < ow_hi[kw]; ++ow)"):
+                    code = f"xc[{linear([('base', 1), ('ow', g.sw)], 0)}]"
+                    w.line(f"ar[ow] += {reader.product(_centered(code, zx))};")
+
+
+# -- xnor --------------------------------------------------------------------------------------
+def _emit_xnor(w: CWriter, ctx, s: ConvSetup, x_t: str, x_lo: int, out_t: str,
+               init: str) -> None:
+    """Per output position: the patch's sign and validity words, then one XNOR-popcount dot
+    product per output channel of the group."""
+    g, words = s.g, s.rows.words
+    constant = x_lo >= s.zx  # every code >= zx: every sign is +1, the input is not read
+    w.line("int32_t gr, oh, ow, ic, kh, kw, oc, i;")
+    if constant:
+        w.line("(void)x0; /* every input code is >= the zero point: all signs are +1 */")
+    with w.block(f"for (gr = 0; gr < {g.groups}; ++gr)"):
+        with w.block(f"for (oh = 0; oh < {g.ho}; ++oh)"):
+            with w.block(f"for (ow = 0; ow < {g.wo}; ++ow)"):
+                with w.block(f"for (i = 0; i < {words}; ++i)"):
+                    w.line("s0[i] = 0u;")
+                    w.line("s1[i] = 0u;")
+                with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+                    if not constant:
+                        w.line(f"const {x_t} *const xc = x0 + (gr * {g.cg} + ic) * "
+                               f"{g.h * g.wd};")
+                    with w.block(f"for (kh = 0; kh < {g.kh}; ++kh)"):
+                        w.line(f"const int32_t ih = "
+                               f"{linear([('oh', g.sh), ('kh', g.dh)], -g.ph)};")
+                        with w.block(f"for (kw = 0; kw < {g.kw}; ++kw)"):
+                            w.line(f"const int32_t iw = "
+                                   f"{linear([('ow', g.sw), ('kw', g.dw)], -g.pw)};")
+                            tap = linear([("ic", g.kh * g.kw), ("kh", g.kw), ("kw", 1)], 0)
+                            w.line(f"const uint32_t j = (uint32_t)({tap});")
+                            with w.block(f"if (ih < 0 || ih >= {g.h} || iw < 0 || "
+                                         f"iw >= {g.wd})"):
+                                w.line("continue; /* padding: 0 is not a +-1 tap */")
+                            w.line("s1[j >> 5] |= 1u << (j & 31u);")
+                            _sign_bit(w, f"xc[ih * {g.wd} + iw]", s.zx, x_lo)
+                with w.block(f"for (oc = gr * {g.mg}; oc < (gr + 1) * {g.mg}; ++oc)"):
+                    dot = f"{ctx.rt}xnor_dot(s0, {s.rows.cname} + oc * {words}, s1, {words})"
+                    w.line(f"const {s.acc_t} acc = ({s.acc_t}){dot} + {init};")
+                    value = s.req.expr("acc", "oc", s.bound, s.acc_t, ctx.rt)
+                    w.line(f"y0[(oc * {g.ho} + oh) * {g.wo} + ow] = ({out_t}){value};")
+
+
+def _sign_bit(w: CWriter, code: str, zx: int, lo: int) -> None:
+    """Set bit j of the sign words s0 when sign(code − zx) = +1 (sign(0) = +1)."""
+    if lo >= zx:  # every code is >= zx (and C would warn about an always-true test)
+        w.line("s0[j >> 5] |= 1u << (j & 31u);")
+        return
+    with w.block(f"if ({code} >= {zx})"):
+        w.line("s0[j >> 5] |= 1u << (j & 31u);")

@@ -1,0 +1,107 @@
+"""QGemm in C: kernels.qgemm (and xnor.gemm_acc for dot = "xnor").
+
+x (..., K) times the weight rows W (M, K) (the ONNX weight transposed at emit time when
+transB = 0), one dot product per output: acc = b_m + Σ_k (x_k − zx)·w_mk, then requantized per
+output column. Rows of packed weights are unpacked once per output; APoT / PoT rows multiply
+by shift-adds (backends/c/ops/weights.py). XNOR layers pack the signs of each input row into
+uint32 words once and take one XNOR-popcount per output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
+from backends.c.ops.common import Requant, acc_type
+from backends.c.ops.weights import RowReader
+from backends.c.writer import CWriter
+from qcc.ir import Node
+
+
+@c_kernel
+class QGemmKernel(Kernel):
+    op_types = ("QGemm",)
+
+    def setup(self, node: Node, ctx) -> tuple:
+        cached = ctx.memo.get(node.name)
+        if cached is not None:
+            return cached
+        x = ctx.t(node.inputs[0])
+        w = node.inputs[1].const
+        rows_w = w if node.attrs.get("transB", 0) else w.T  # (M, K)
+        m, k = rows_w.shape
+        xnor = node.attrs.get("dot") == "xnor"
+        rows = ctx.weights(node, "w", np.ascontiguousarray(rows_w), xnor=xnor)
+        zx = int(node.attrs.get("x_zero_point", 0))
+        bias = node.input(2)
+        b_max = int(np.abs(bias.const.astype(np.int64)).max(initial=0)) if bias else 0
+        x_max = 1 if xnor else max(abs(x.lo - zx), abs(x.hi - zx))
+        bound = k * x_max * rows.absmax + b_max
+        req = Requant.of(node, m, ctx.cname(node, "rq"))
+        result = (m, k, x.numel // k, rows, req, bound, acc_type(bound, node))
+        ctx.memo[node.name] = result
+        return result
+
+    def plan(self, node: Node, ctx) -> KernelPlan:
+        m, k, n, rows, _, _, acc_t = self.setup(node, ctx)
+        if rows.kind == "xnor":
+            return KernelPlan([Scratch("uint32_t", rows.words)], macs=n * m * k,
+                              note=f"XNOR-popcount gemm, {n}x{k} by {m}x{k}")
+        reader = RowReader(rows, ctx.rt, acc_t)
+        return KernelPlan(reader.scratch, macs=n * m * k,
+                          note=f"gemm {n}x{k} by {m}x{k}, {acc_t} accumulators, weights "
+                               f"{rows.kind}" + (" (shift-add)" if reader.shift_add else ""))
+
+    def emit(self, node: Node, ctx, w: CWriter) -> None:
+        m, k, n, rows, req, bound, acc_t = self.setup(node, ctx)
+        req.define(ctx.consts)
+        bias = node.input(2)
+        if bias is not None:
+            ctx.const_array(node, "b", "int32_t", bias.const.astype(np.int64).ravel().tolist())
+        init = f"{ctx.cname(node, 'b')}[o]" if bias is not None else "0"
+        out_t = ctx.t(node.outputs[0]).ctype
+        zx = int(node.attrs.get("x_zero_point", 0))
+        if rows.kind == "xnor":
+            self._emit_xnor(w, ctx, node, m, k, n, rows, req, bound, acc_t, init, out_t, zx)
+            return
+        reader = RowReader(rows, ctx.rt, acc_t)
+        w.line("int32_t o, r, i;")
+        with w.block(f"for (o = 0; o < {m}; ++o)"):
+            reader.fetch(w, "o", "s0" if reader.scratch else None)
+            with w.block(f"for (r = 0; r < {n}; ++r)"):
+                w.line(f"const {ctx.t(node.inputs[0]).ctype} *const xr = x0 + r * {k};")
+                w.line(f"{acc_t} acc = {init};")
+                with w.block(f"for (i = 0; i < {k}; ++i)"):
+                    if reader.shift_add:
+                        reader.tap_constants(w, "i")
+                    else:
+                        w.line(f"const {acc_t} wv = wr[i];")
+                    x = f"(int32_t)xr[i] - {zx}" if zx else "xr[i]"
+                    w.line(f"acc += {reader.product(x)};")
+                value = req.expr("acc", "o", bound, acc_t, ctx.rt)
+                w.line(f"y0[r * {m} + o] = ({out_t}){value};")
+
+    @staticmethod
+    def _emit_xnor(w: CWriter, ctx, node: Node, m: int, k: int, n: int, rows, req: Requant,
+                   bound: int, acc_t: str, init: str, out_t: str, zx: int) -> None:
+        words = rows.words
+        valid = [0xFFFFFFFF] * (k // 32) + ([(1 << (k % 32)) - 1] if k % 32 else [])
+        ctx.const_array(node, "valid", "uint32_t", [f"0x{v:08X}u" for v in valid])
+        x = ctx.t(node.inputs[0])
+        w.line("int32_t o, r, i;")
+        if x.lo >= zx:
+            w.line("(void)x0; /* every input code is >= the zero point: all signs are +1 */")
+        with w.block(f"for (r = 0; r < {n}; ++r)"):
+            with w.block(f"for (i = 0; i < {words}; ++i)"):
+                w.line("s0[i] = 0u;")
+            with w.block(f"for (i = 0; i < {k}; ++i)"):
+                if x.lo >= zx:
+                    w.line("s0[i >> 5] |= 1u << (i & 31);")
+                else:
+                    with w.block(f"if (x0[r * {k} + i] >= {zx})"):
+                        w.line("s0[i >> 5] |= 1u << (i & 31);  /* sign(0) = +1 */")
+            with w.block(f"for (o = 0; o < {m}; ++o)"):
+                dot = (f"{ctx.rt}xnor_dot(s0, {rows.cname} + o * {words}, "
+                       f"{ctx.cname(node, 'valid')}, {words})")
+                w.line(f"const {acc_t} acc = ({acc_t}){dot} + {init};")
+                w.line(f"y0[r * {m} + o] = ({out_t}){req.expr('acc', 'o', bound, acc_t, ctx.rt)};")
