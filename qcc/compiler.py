@@ -234,7 +234,13 @@ def write_outdir(compiled: Compiled, outdir: Path, target: str = "numpy", name: 
 
             if samples is None:
                 samples = default_calibration(compiled.reference, 4)
-            return emit_library(compiled.integer, tmp, name, samples, source_model=name)
+            summary = emit_library(compiled.integer, tmp, name, samples, source_model=name)
+            if compiled.training is not None:  # --train: <name>_train.[ch] (backends/c)
+                from backends.c.train_emit import write_train
+
+                write_train(tmp, compiled.integer, compiled.training.program,
+                            compiled.training.state, name)
+            return summary
     return None
 
 

@@ -228,10 +228,10 @@ def average_pool(node: Node, x: np.ndarray) -> np.ndarray:
         total = x.astype(np.int64).sum(axis=axes, keepdims=True)
         counts = np.int64(np.prod([x.shape[i] for i in axes]))
     else:
-        win = nn._pool_window(node, x)
-        xp = nn._pad(x.astype(np.int64), win)
+        win = nn.pool_window(node, x)
+        xp = win.pad(x.astype(np.int64))
         total = sum(xp[(..., *sl)] for sl in win.taps())
-        counts = nn._window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+        counts = nn.window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
     return divide_round(total, counts).astype(x.dtype)
 
 

@@ -79,7 +79,7 @@ from qcc.errors import QccError
 from qcc.ir import Graph, Node
 from qcc.numerics.binary import stochastic_ternarize
 from qcc.numerics.rounding import INT32_MAX, INT32_MIN, RngState, round_half_away
-from qcc.ops.grads import global_maxpool_vjp, maxpool_vjp, pool_geometry
+from qcc.ops.grads import global_maxpool_vjp, maxpool_vjp, pool_geometry, spread
 
 I64 = NDArray[np.int64]
 Grad = tuple[I64, GradRep]
@@ -348,13 +348,7 @@ def _pass_backward(node: Node, env: dict[str, np.ndarray], grad: Grad,
 
 def _spread(node: Node, x: np.ndarray, y: np.ndarray, codes: I64) -> I64:
     """AveragePool backward without the division: each output's gradient to every tap."""
-    geom = pool_geometry(node, x, y)
-    spatial = tuple(b + i + e for b, i, e in zip(geom.pads_begin, geom.in_spatial,
-                                                 geom.pads_end))
-    dxp = np.zeros(x.shape[:2] + spatial, np.int64)
-    for sl in geom.taps():
-        dxp[(..., *sl)] += codes
-    return geom.crop(dxp)
+    return spread(codes, pool_geometry(node, x, y))
 
 
 # -- update ---------------------------------------------------------------------------------

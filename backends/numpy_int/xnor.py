@@ -90,9 +90,8 @@ def gemm_acc(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = No
 
 def conv_acc(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> I64:
     """QConv as XNOR-popcounts over im2col patches (strides, dilations, pads, groups)."""
-    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w.shape[2:]))
-    win = nn.window(node, x.shape[2:], kernel)
-    patch_bytes = math.prod(x.shape[1:]) * math.prod(kernel)  # per image, about
+    win = nn.conv_window(node, x.shape, w.shape)
+    patch_bytes = math.prod(x.shape[1:]) * math.prod(win.kernel)  # per image, about
     images = max(1, PATCH_BYTES // max(1, patch_bytes))
     acc = np.concatenate([_conv_chunk(node, x[i:i + images], w, win)
                           for i in range(0, x.shape[0], images)])
@@ -101,8 +100,8 @@ def conv_acc(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = No
 
 def _conv_chunk(node: Node, x: np.ndarray, w: np.ndarray, win: nn.Window) -> I64:
     groups = int(node.attrs.get("group", 1))
-    signs = nn._pad(_signs(node, x), win)
-    real = nn._pad(np.ones((1, 1) + x.shape[2:], dtype=bool), win)
+    signs = win.pad(_signs(node, x))
+    real = win.pad(np.ones((1, 1) + x.shape[2:], dtype=bool))
     taps = list(win.taps())
     patches = np.stack([signs[(..., *sl)] for sl in taps], axis=-1)  # (N, C, *out, T)
     masks = np.stack([real[(..., *sl)] for sl in taps], axis=-1)  # (1, 1, *out, T)

@@ -9,22 +9,21 @@ d loss / d output for each output (None when an output receives no gradient). Th
 entry per input: d loss / d input, with the input's shape (broadcasting is summed back), or None
 where the input is not differentiable (shapes, axes, indices) or omitted.
 
-Windowed ops (Conv, pools) share one geometry (`WindowGeometry`) and one im2col: every kernel tap
-is a strided slice of the padded input, so im2col stacks the slices and its transpose (col2im)
-adds them back. Conv's weight and input gradients are then batched BLAS matrix products.
+Windowed ops (Conv, pools) use the forward's geometry (`qcc.ops.nn.Window`) and one im2col: every
+kernel tap is a strided slice of the padded input, so im2col stacks the slices and its transpose
+(col2im) adds them back. Conv's weight and input gradients are then batched BLAS matrix products.
 Dropout and BatchNormalization are differentiated in their inference form.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
 
 import numpy as np
 
 from qcc.errors import QccError
 from qcc.ir import Node
+from qcc.ops.nn import Window, conv_window, pool_window, window_counts
 from qcc.registry import vjp
 
 Arrays = list[np.ndarray | None]
@@ -47,95 +46,49 @@ def _like(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     return g.astype(x.dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else g
 
 
-@dataclass(frozen=True)
-class WindowGeometry:
-    """Where each kernel tap of a Conv or pool reads the input, along the spatial axes.
-
-    `pads_end` includes any extra trailing room the output needs (ceil_mode), beyond the
-    explicit padding `explicit_end`; positions there are never counted by AveragePool.
-    """
-
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    pads_begin: tuple[int, ...]
-    pads_end: tuple[int, ...]
-    explicit_end: tuple[int, ...]
-    in_spatial: tuple[int, ...]
-    out_spatial: tuple[int, ...]
-
-    def taps(self) -> Iterator[tuple[slice, ...]]:
-        """Per kernel tap (row-major, as in the weight layout): its slice of the padded input."""
-        for tap in itertools.product(*(range(k) for k in self.kernel)):
-            yield tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in
-                        zip(tap, self.dilations, self.strides, self.out_spatial))
-
-    def pad(self, x: np.ndarray, value: float = 0.0) -> np.ndarray:
-        widths = [(0, 0)] * (x.ndim - len(self.kernel))
-        widths += list(zip(self.pads_begin, self.pads_end))
-        return np.pad(x, widths, constant_values=value)
-
-    def crop(self, xp: np.ndarray) -> np.ndarray:
-        """The inverse of `pad`: the part of a padded-shape array that covers the input."""
-        lead = (slice(None),) * (xp.ndim - len(self.kernel))
-        return xp[lead + tuple(slice(b, b + n) for b, n in zip(self.pads_begin, self.in_spatial))]
-
-
-def window_geometry(node: Node, in_spatial: tuple[int, ...], kernel: tuple[int, ...],
-                    out_spatial: tuple[int, ...]) -> WindowGeometry:
-    """Resolve strides, dilations and (auto_pad) padding of a Conv/pool node for one input size."""
-    d = len(kernel)
-    strides = tuple(node.attrs.get("strides", [1] * d))
-    dilations = tuple(node.attrs.get("dilations", [1] * d))
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    extent = [(o - 1) * s + (k - 1) * dl + 1
-              for o, s, k, dl in zip(out_spatial, strides, kernel, dilations)]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max(e - i, 0) for e, i in zip(extent, in_spatial)]
-        # SAME_UPPER puts the odd padding element at the end, SAME_LOWER at the beginning
-        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-        end = [t - b for t, b in zip(total, begin)]
-    elif auto_pad == "VALID":
-        begin, end = [0] * d, [0] * d
-    else:
-        pads = list(node.attrs.get("pads", [0] * (2 * d)))
-        begin, end = pads[:d], pads[d:]
-    # ceil_mode windows may run past the explicit padding: give them room to read (and ignore)
-    room = [max(e, x - b - i) for e, x, b, i in zip(end, extent, begin, in_spatial)]
-    return WindowGeometry(tuple(kernel), strides, dilations, tuple(begin), tuple(room),
-                          tuple(end), tuple(in_spatial), tuple(out_spatial))
-
-
-def im2col(xp: np.ndarray, geom: WindowGeometry) -> np.ndarray:
-    """Padded channel-major input (C, N, *spatial) -> columns (C, K, N, *out), K = prod(kernel).
-
-    Channel-major keeps each tap's block (N, *out) contiguous, so the column matrix of a group
-    is a plain (Cg·K, N·L) reshape for BLAS.
-    """
-    return np.stack([xp[(..., *sl)] for sl in geom.taps()], axis=1)
-
-
-def col2im(cols: np.ndarray, geom: WindowGeometry, padded_shape: tuple[int, ...]) -> np.ndarray:
-    """Transpose of `im2col`: add each tap's columns back where it read; returns unpadded."""
-    xp = np.zeros(padded_shape, cols.dtype)
-    for k, sl in enumerate(geom.taps()):
-        xp[(..., *sl)] += cols[:, k]  # one tap's slice never repeats a position
-    return geom.crop(xp)
-
-
-def _padded_shape(x: np.ndarray, geom: WindowGeometry) -> tuple[int, ...]:
-    spatial = tuple(b + i + e for b, i, e in zip(geom.pads_begin, geom.in_spatial, geom.pads_end))
-    return x.shape[:2] + spatial
-
-
 def conv_geometry(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
-                  y_shape: tuple[int, ...]) -> WindowGeometry:
-    kernel = tuple(node.attrs.get("kernel_shape", w_shape[2:]))
-    return window_geometry(node, tuple(x_shape[2:]), kernel, tuple(y_shape[2:]))
+                  y_shape: tuple[int, ...]) -> Window:
+    """The forward's window of a Conv (nn.conv_window), checked against its output shape."""
+    return _checked(node, conv_window(node, x_shape, w_shape), y_shape)
 
 
-def pool_geometry(node: Node, x: np.ndarray, y: np.ndarray) -> WindowGeometry:
-    return window_geometry(node, x.shape[2:], tuple(node.attrs["kernel_shape"]), y.shape[2:])
+def pool_geometry(node: Node, x: np.ndarray, y: np.ndarray) -> Window:
+    """The forward's window of a MaxPool / AveragePool (nn.pool_window), checked against y."""
+    return _checked(node, pool_window(node, x), y.shape)
+
+
+def _checked(node: Node, win: Window, y_shape: tuple[int, ...]) -> Window:
+    # the backward is handed the forward's output (or its gradient): a shape the attributes do
+    # not produce means the graph and the kernels disagree, which no gradient can fix
+    if tuple(y_shape[2:]) != win.out_spatial:
+        raise QccError(f"{node.op_type} {node.name!r}: output size {list(y_shape[2:])} is not "
+                       f"the {list(win.out_spatial)} its attributes give")
+    return win
+
+
+def im2col(xp: np.ndarray, win: Window) -> np.ndarray:
+    """Padded input (A, *rest, *padded) -> columns (A, K, *rest, *out), K = prod(kernel).
+
+    Conv passes it channel-major (C, N, *padded): each tap's block (N, *out) is contiguous, so
+    the column matrix of a group is a plain (Cg·K, N·L) reshape for BLAS.
+    """
+    return np.stack([xp[(..., *sl)] for sl in win.taps()], axis=1)
+
+
+def col2im(cols: np.ndarray, win: Window) -> np.ndarray:
+    """Transpose of `im2col`: (A, K, *rest, *out) -> unpadded (A, *rest, *in_spatial), each
+    tap's columns added back where it read."""
+    nd = len(win.kernel)
+    xp = np.zeros(cols.shape[:1] + cols.shape[2:cols.ndim - nd] + win.padded, cols.dtype)
+    for k, sl in enumerate(win.taps()):
+        xp[(..., *sl)] += cols[:, k]  # one tap's slice never repeats a position
+    return win.crop(xp)
+
+
+def spread(dy: np.ndarray, win: Window) -> np.ndarray:
+    """Every output's value (N, C, *out) added to each input position of its window."""
+    k = math.prod(win.kernel)
+    return col2im(np.broadcast_to(dy[:, None], (dy.shape[0], k) + dy.shape[1:]), win)
 
 
 # -- weighted layers ------------------------------------------------------------------------
@@ -148,15 +101,15 @@ def conv_vjp(node: Node, inputs: Arrays, outputs: Arrays, grads: Arrays) -> Arra
     if dy is None:
         return [None] * len(inputs)
     groups = int(node.attrs.get("group", 1))
-    geom = conv_geometry(node, x.shape, w.shape, dy.shape)
+    win = conv_geometry(node, x.shape, w.shape, dy.shape)
     n, c = x.shape[:2]
-    m, k = w.shape[0], int(np.prod(geom.kernel))
-    cols = im2col(geom.pad(x.swapaxes(0, 1)), geom).reshape(groups, c // groups * k, -1)
+    m, k = w.shape[0], int(np.prod(win.kernel))
+    cols = im2col(win.pad(x.swapaxes(0, 1)), win).reshape(groups, c // groups * k, -1)
     dy_cm = dy.reshape(n, m, -1).swapaxes(0, 1).reshape(groups, m // groups, -1)
     dw = np.matmul(dy_cm, cols.swapaxes(1, 2)).reshape(w.shape)
     dcols = np.matmul(w.reshape(groups, m // groups, -1).swapaxes(1, 2), dy_cm)
-    dcols = dcols.reshape((c, k, n) + geom.out_spatial)
-    dx = col2im(dcols, geom, _padded_shape(x.swapaxes(0, 1), geom)).swapaxes(0, 1)
+    dcols = dcols.reshape((c, k, n) + win.out_spatial)
+    dx = col2im(dcols, win).swapaxes(0, 1)
     result: Arrays = [_like(np.ascontiguousarray(dx), x), _like(dw, w)]
     if len(inputs) > 2:
         b = inputs[2]
@@ -233,13 +186,11 @@ def maxpool_vjp(node: Node, inputs: Arrays, outputs: Arrays, grads: Arrays) -> A
     x, dy = inputs[0], grads[0]
     if dy is None:
         return [None]
-    geom = pool_geometry(node, x, outputs[0])
-    xp = geom.pad(x, -np.inf)
-    winner = np.stack([xp[(..., *sl)] for sl in geom.taps()]).argmax(axis=0)
-    dxp = np.zeros(xp.shape, dy.dtype)
-    for k, sl in enumerate(geom.taps()):
-        dxp[(..., *sl)] += np.where(winner == k, dy, 0)
-    return [_like(geom.crop(dxp), x)]
+    win = pool_geometry(node, x, outputs[0])
+    taps = im2col(win.pad(x, -np.inf), win)  # (N, K, C, *out)
+    winner = taps.argmax(axis=1, keepdims=True)
+    k = np.arange(taps.shape[1]).reshape((1, -1) + (1,) * (taps.ndim - 2))
+    return [_like(col2im(np.where(winner == k, dy[:, None], 0), win), x)]
 
 
 @vjp("AveragePool")
@@ -249,21 +200,9 @@ def avgpool_vjp(node: Node, inputs: Arrays, outputs: Arrays, grads: Arrays) -> A
     x, dy = inputs[0], grads[0]
     if dy is None:
         return [None]
-    geom = pool_geometry(node, x, outputs[0])
-    counted = np.ones(geom.in_spatial)
-    if node.attrs.get("count_include_pad", 0):
-        counted = np.pad(counted, list(zip(geom.pads_begin, geom.explicit_end)), constant_values=1)
-        ends = [r - e for r, e in zip(geom.pads_end, geom.explicit_end)]
-        counted = np.pad(counted, [(0, r) for r in ends])
-    else:
-        counted = np.pad(counted, list(zip(geom.pads_begin, geom.pads_end)))
-    divisor = sum(counted[sl] for sl in geom.taps())
-    share = dy / divisor
-    padded = _padded_shape(x, geom)
-    dxp = np.zeros(padded, share.dtype)
-    for sl in geom.taps():
-        dxp[(..., *sl)] += share
-    return [_like(geom.crop(dxp), x)]
+    win = pool_geometry(node, x, outputs[0])
+    divisor = window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+    return [_like(spread(dy / divisor, win), x)]
 
 
 @vjp("GlobalAveragePool")

@@ -11,6 +11,8 @@ float interpreter is what the precision search runs many times:
 - Pools reduce over the K strided tap views with in-place np.maximum / np.add, never a Python
   loop over windows.
 
+`Window` (pads, strides, dilations, auto_pad, ceil_mode resolved into taps over a padded input)
+is the one window geometry of qcc: the VJPs (grads.py) and the backends read it too.
 Geometry and plans are cached per shape (functools.lru_cache): the interpreter runs the same
 few shapes many times, and at CIFAR sizes the Python around the GEMMs is a real cost.
 Formulas and attribute semantics are the ONNX operator specs; where onnxruntime departs from
@@ -79,6 +81,38 @@ class Window:
         for tap in itertools.product(*(range(k) for k in self.kernel)):
             yield tuple(t * d for t, d in zip(tap, self.dilations))
 
+    def pad(self, x: np.ndarray, value: float | int = 0) -> np.ndarray:
+        """x (..., *in_spatial) padded with `value` to (..., *padded); x itself when there is no
+        padding (callers only read the result)."""
+        if not self.has_padding:
+            return x
+        xp = np.full(x.shape[:x.ndim - len(self.kernel)] + self.padded, value, dtype=x.dtype)
+        xp[(..., *self.inner())] = x
+        return xp
+
+    def crop(self, xp: np.ndarray) -> np.ndarray:
+        """The inverse of `pad`: the part of a (..., *padded) array that covers the input."""
+        return xp[(..., *self.inner())]
+
+    def inner(self) -> tuple[slice, ...]:
+        """Where the input lies in the padded grid."""
+        return tuple(slice(b, b + i) for b, i in zip(self.pads_begin, self.in_spatial))
+
+
+def conv_window(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> Window:
+    """The window of a Conv with input shape x_shape and weight shape w_shape."""
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w_shape[2:]))
+    return window(node, tuple(x_shape[2:]), kernel)
+
+
+def pool_window(node: Node, x: np.ndarray) -> Window:
+    """The window of a MaxPool or AveragePool over x (N, C, *spatial)."""
+    kernel = tuple(int(k) for k in node.attrs["kernel_shape"])
+    if len(kernel) != x.ndim - 2:
+        raise QccError(f"{node.op_type} {node.name!r}: kernel_shape {list(kernel)} does not "
+                       f"match input rank {x.ndim}")
+    return window(node, x.shape[2:], kernel, bool(node.attrs.get("ceil_mode", 0)))
+
 
 def window(node: Node, in_spatial: tuple[int, ...], kernel: tuple[int, ...],
            ceil_mode: bool = False) -> Window:
@@ -135,13 +169,19 @@ def _out_size(padded: int, reach: int, stride: int, ceil_mode: bool, last_start:
     return out - 1 if (out - 1) * stride >= last_start else out
 
 
-def _pad(x: np.ndarray, win: Window, value: float | int = 0) -> np.ndarray:
-    """x (N, C, *spatial) padded with `value`; x itself when there is no padding."""
-    if not win.has_padding:
-        return x
-    xp = np.full(x.shape[:2] + win.padded, value, dtype=x.dtype)
-    xp[(..., *(slice(b, b + i) for b, i in zip(win.pads_begin, win.in_spatial)))] = x
-    return xp
+def window_counts(win: Window, include_pad: bool) -> np.ndarray:
+    """How many taps of each window land on counted positions (the input, plus the explicit
+    padding when `include_pad`; never the ceil_mode room), shaped (1, 1, *out)."""
+    if not win.has_padding or (include_pad and not any(win.room)):
+        return np.full((1, 1) + win.out_spatial, math.prod(win.kernel), np.int64)
+    counted = np.zeros((1, 1) + win.padded, np.int64)
+    if include_pad:
+        region = tuple(slice(0, b + i + e) for b, i, e in
+                       zip(win.pads_begin, win.in_spatial, win.pads_end))
+    else:
+        region = win.inner()
+    counted[(..., *region)] = 1
+    return sum(counted[(..., *sl)] for sl in win.taps())
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -157,15 +197,14 @@ def conv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) 
     Strides s, dilations d; X_pad is X padded with zeros per pads/auto_pad.
     """
     groups = int(node.attrs.get("group", 1))
-    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w.shape[2:]))
     if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
         raise QccError(f"Conv {node.name!r}: input channels {x.shape[1]}, weight {w.shape} and "
                        f"group {groups} do not agree")
-    win = window(node, x.shape[2:], kernel)
+    win = conv_window(node, x.shape, w.shape)
     dtype = x.dtype
     ct = _compute_dtype(dtype)
     x, w = x.astype(ct, copy=False), w.astype(ct, copy=False)
-    bias = None if b is None else b.astype(ct, copy=False).reshape((-1,) + (1,) * len(kernel))
+    bias = None if b is None else b.astype(ct, copy=False).reshape((-1,) + (1,) * len(win.kernel))
     if groups == x.shape[1] and w.shape[0] == groups:
         y = _conv_depthwise(x, w, win, bias)
     else:
@@ -289,8 +328,7 @@ def _channel_major(x: np.ndarray, plan: ConvPlan) -> np.ndarray:
         xt = x.reshape(plan.buf_shape) if x.shape[0] == 1 else x.swapaxes(0, 1)
         return np.ascontiguousarray(xt)
     buf = np.zeros(plan.buf_shape, dtype=x.dtype)
-    inner = tuple(slice(b, b + i) for b, i in zip(win.pads_begin, win.in_spatial))
-    buf[(slice(None), slice(None), *inner)] = x.swapaxes(0, 1)
+    buf[(slice(None), slice(None), *win.inner())] = x.swapaxes(0, 1)
     return buf
 
 
@@ -304,7 +342,7 @@ def _grouped_matmul(w: np.ndarray, cols: np.ndarray) -> np.ndarray:
 def _conv_depthwise(x: np.ndarray, w: np.ndarray, win: Window,
                     bias: np.ndarray | None) -> np.ndarray:
     """One filter per channel: accumulate W[c, k] · tap_k over the K taps (no GEMM to feed)."""
-    xp = _pad(x, win)
+    xp = win.pad(x)
     scale_shape = (1, -1) + (1,) * len(win.kernel)
     wk = w.reshape(w.shape[0], -1)
     y = None
@@ -346,14 +384,6 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # -- pools -------------------------------------------------------------------------------------
-def _pool_window(node: Node, x: np.ndarray) -> Window:
-    kernel = tuple(int(k) for k in node.attrs["kernel_shape"])
-    if len(kernel) != x.ndim - 2:
-        raise QccError(f"{node.op_type} {node.name!r}: kernel_shape {list(kernel)} does not "
-                       f"match input rank {x.ndim}")
-    return window(node, x.shape[2:], kernel, bool(node.attrs.get("ceil_mode", 0)))
-
-
 def _lowest(dtype: np.dtype) -> float | int:
     """MaxPool's padding value: the lowest finite value, so a window that lies wholly in the
     padding yields it, as in onnxruntime (which starts every max there)."""
@@ -363,8 +393,8 @@ def _lowest(dtype: np.dtype) -> float | int:
 @float_kernel("MaxPool")
 def max_pool(node: Node, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Y = max over each window (padding never wins); Indices = flat input index of the max."""
-    win = _pool_window(node, x)
-    xp = _pad(x, win, _lowest(x.dtype))
+    win = pool_window(node, x)
+    xp = win.pad(x, _lowest(x.dtype))
     if len(node.outputs) > 1:
         return _max_pool_indices(node, x, xp, win)
     y = None
@@ -414,30 +444,15 @@ def _axis_shape(axis: int, nd: int) -> tuple[int, ...]:
 @float_kernel("AveragePool")
 def average_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Y = window sum / count; count includes the explicit padding iff count_include_pad."""
-    win = _pool_window(node, x)
+    win = pool_window(node, x)
     ct = _compute_dtype(x.dtype)
-    xp = _pad(x.astype(ct, copy=False), win)
+    xp = win.pad(x.astype(ct, copy=False))
     total = None
     for sl in win.taps():
         tap = xp[(..., *sl)]
         total = tap.copy() if total is None else np.add(total, tap, out=total)
-    counts = _window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+    counts = window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
     return (total / counts.astype(ct)).astype(x.dtype, copy=False)
-
-
-def _window_counts(win: Window, include_pad: bool) -> np.ndarray:
-    """How many taps of each window land on counted positions (the input, plus the explicit
-    padding when `include_pad`; never the ceil_mode room), shaped (1, 1, *out)."""
-    if not win.has_padding or (include_pad and not any(win.room)):
-        return np.full((1, 1) + win.out_spatial, math.prod(win.kernel), np.int64)
-    counted = np.zeros((1, 1) + win.padded, np.int64)
-    if include_pad:
-        region = tuple(slice(0, b + i + e) for b, i, e in
-                       zip(win.pads_begin, win.in_spatial, win.pads_end))
-    else:
-        region = tuple(slice(b, b + i) for b, i in zip(win.pads_begin, win.in_spatial))
-    counted[(..., *region)] = 1
-    return sum(counted[(..., *sl)] for sl in win.taps())
 
 
 @float_kernel("GlobalAveragePool")

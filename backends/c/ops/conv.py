@@ -101,8 +101,8 @@ def conv_shape(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -
     if len(x_shape) not in (3, 4) or x_shape[0] != 1:
         raise QccError(f"QConv {node.name!r}: the C backend takes 1-D or 2-D convolutions of "
                        f"one sample, not input shape {list(x_shape)}")
-    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w_shape[2:]))
-    win = nn.window(node, x_shape[2:], kernel)
+    win = nn.conv_window(node, x_shape, w_shape)
+    kernel = win.kernel
 
     def two(values: tuple[int, ...], default: int) -> tuple[int, int]:
         return (values[0], values[1]) if len(kernel) == 2 else (default, values[0])

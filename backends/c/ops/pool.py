@@ -44,7 +44,7 @@ def pool_axes(node: Node, shape: tuple[int, ...]) -> list[Axis]:
     axes = []
     for i, size in enumerate(shape[2:]):
         # counted: the input, plus with count_include_pad the explicit padding (never the
-        # ceil_mode room), as nn._window_counts
+        # ceil_mode room), as nn.window_counts
         counted = (-win.pads_begin[i], size + win.pads_end[i]) if include_pad else (0, size)
         axes.append(Axis(size, win.out_spatial[i], win.kernel[i], win.strides[i],
                          win.dilations[i], win.pads_begin[i], counted))

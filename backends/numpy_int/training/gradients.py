@@ -108,9 +108,7 @@ def conv_input_grad(node: Node, w: np.ndarray, dy: I64, x_shape: tuple[int, ...]
     _check_exact(m // groups * k, w, dy, node)
     wg = w.astype(np.float64).reshape(groups, m // groups, -1).swapaxes(1, 2)
     dcols = np.matmul(wg, dy_cm).reshape((c, k, n) + geom.out_spatial)
-    spatial = tuple(b + i + e for b, i, e in
-                    zip(geom.pads_begin, geom.in_spatial, geom.pads_end))
-    dx = col2im(dcols, geom, (c, n) + spatial).swapaxes(0, 1)
+    dx = col2im(dcols, geom).swapaxes(0, 1)
     return _exact(dx)
 
 
