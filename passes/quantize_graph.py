@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -110,15 +110,23 @@ class _Rewriter:
                 if reader.name in self.layers and reader.inputs[0] is read]
         if bits:
             return max(bits)
-        reaches_output = value in self.src.outputs or any(
+        return self.config.output_bits if self.reaches_output(value) else self.config.default_bits
+
+    def reaches_output(self, value: Value) -> bool:
+        """Whether `value` is a graph output or is read by something other than a layer."""
+        return value in self.src.outputs or any(
             c.op_type not in SAME_FORMAT for c in value.consumers if c.name not in self.layers)
-        return self.config.output_bits if reaches_output else self.config.default_bits
 
     def format_for(self, value: Value, scheme: str, bits: int | None = None) -> CodeFormat:
         if value.name not in self.stats:
             raise QccError(f"no calibration statistics for tensor {value.name!r}")
-        return get_scheme(scheme).activation(self.stats[value.name],
-                                             bits or self.wanted_bits(value))
+        stats = self.stats[value.name]
+        if self.reaches_output(value):
+            # Outputs keep their whole calibrated range: clipping outliers (the chunk averages
+            # of seeds/000 §B) helps inner activations, but on logits it flattens the largest
+            # ones, which are the ones that decide the class.
+            stats = replace(stats, chunk_lo=stats.lo, chunk_hi=stats.hi)
+        return get_scheme(scheme).activation(stats, bits or self.wanted_bits(value))
 
     # -- emission -----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,

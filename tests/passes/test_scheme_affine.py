@@ -86,3 +86,19 @@ def test_affine_integer_graph_agrees_with_float_like_fixed_point(name: str) -> N
     assert affine >= 0.9 and affine >= fixed - 0.05
     assert any(z != 0 for z in info["zero_points"])  # the affine formats are in the graph
     assert "Quantize" in info["ops"] and "Dequantize" in info["ops"]
+
+
+def test_graph_outputs_keep_their_whole_range() -> None:
+    """Inner activations clamp to the chunk averages; the logits keep [min, max] of the
+    calibration data, so the largest logit (the one that decides the class) is not clipped."""
+    graph = import_model(zoo.mlp_digits())
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    stats = calibrate(graph, x)
+    q = quantize_graph(graph, stats, QuantConfig(scheme="affine", default_bits=8))
+    out = stats[graph.outputs[0].name]
+    assert out.chunk_hi < out.hi  # the averages would clip here
+    (dequantize,) = [n for n in q.nodes if n.op_type == "Dequantize"]
+    spec = dequantize.inputs[0].quant
+    scale, zero_point, top = spec.scale, spec.zero_point, (1 << spec.bits) - 1
+    slack = scale / 2  # the zero point is rounded to an integer
+    assert -zero_point * scale <= out.lo + slack and (top - zero_point) * scale >= out.hi - slack
