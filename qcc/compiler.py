@@ -238,8 +238,9 @@ def write_outdir(compiled: Compiled, outdir: Path, target: str = "numpy", name: 
             if compiled.training is not None:  # --train: <name>_train.[ch] (backends/c)
                 from backends.c.train_emit import write_train
 
-                write_train(tmp, compiled.integer, compiled.training.program,
-                            compiled.training.state, name)
+                summary["training"] = write_train(tmp, compiled.integer,
+                                                  compiled.training.program,
+                                                  compiled.training.state, name)
             return summary
     return None
 

@@ -121,13 +121,19 @@ def parse_mcu_output(text: str) -> McuRun:
 def arm_size(outdir: Path, name: str) -> dict:
     """Flash (text + rodata) and RAM (data + bss) of the library objects built for Cortex-M4
     with -Os, from `arm-none-eabi-size -A` (initialised data counts for both)."""
+    return arm_object_size(library_sources(outdir, name), outdir / "mcu")
+
+
+def arm_object_size(sources: list[str], objdir: Path) -> dict:
+    """Flash and RAM as in `arm_size` of the objects of `sources` (built in `objdir`, then
+    removed); flash and RAM are None, with a note, without the ARM toolchain."""
     missing = missing_tools("arm-none-eabi-gcc", "arm-none-eabi-size")
     if missing:
         return {"flash_bytes": None, "ram_bytes": None,
                 "note": f"{', '.join(missing)} not installed: flash and RAM not measured"}
     objects = []
-    for src in library_sources(outdir, name):
-        obj = outdir / "mcu" / (Path(src).stem + ".o")
+    for src in sources:
+        obj = Path(objdir) / (Path(src).stem + ".o")
         obj.parent.mkdir(exist_ok=True)
         try:
             _run(["arm-none-eabi-gcc", *ARM_ARCH, *ARM_FLAGS, "-c", src, "-o", str(obj)])

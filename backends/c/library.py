@@ -8,6 +8,7 @@ OUTDIR/
     mcu/                            QEMU mps2-an386: linker script, startup, semihosting main
     sample_input.f32                a few input samples for `make run-mcu`
     summary.json                    flash, RAM, packed weights, arena and its bound, MACs
+                                    (with --train, "training": the train step's RAM)
 
 The runtime, harness, build files and MCU support are real files in backends/c/runtime and
 backends/c/mcu with `@NAME@` / `@UPPER@` placeholders; nothing here is C in a Python string.
@@ -102,4 +103,12 @@ def summary_lines(summary: dict) -> list[str]:
                      f"{kib(summary['flash_budget_bytes'])}), RAM {kib(summary['ram_bytes'])}")
     else:
         lines.append(f"  flash / RAM not measured: {summary.get('note', '')}")
+    train = summary.get("training")
+    if train is not None:  # --train: backends/c/train_emit.py write_train
+        lines.append(f"  train step (batch {train['batch']}, update {train['update']}, "
+                     f"{train['gradient_ctype']} gradients): static RAM arrays "
+                     f"{kib(train['static_ram_bytes'])}")
+        lines.append(f"    Cortex-M4 -Os: RAM {kib(train['ram_bytes'])}, flash "
+                     f"{kib(train['flash_bytes'])}" if train.get("ram_bytes") is not None else
+                     f"    RAM not measured: {train.get('note', '')}")
     return lines

@@ -1,11 +1,14 @@
 """The emitted C train step (backends/c/train_emit.py, `qcc compile --train --target c`) against
 the NumPy specification (backends/numpy_int/train_step.py): the digits model at C_o
-(`--bits auto`), the same batches, bit for bit on every step's logits (hence the loss), the
-final weight and bias codes, accumulators, master biases and PRNG position, for every update
-rule; the error codes; and the same run on the emulated Cortex-M4 (QEMU mps2-an386)."""
+(`--bits auto`) and with 1-bit (±α) weights, the same batches, bit for bit on every step's
+logits (hence the loss), the final weight and bias codes, accumulators, master biases and PRNG
+position (<name>_export_weights), for every update rule and with ternarized gradients
+(--grad-ternary); the error codes; the training RAM in the summary; and the same run on the
+emulated Cortex-M4 (QEMU mps2-an386)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from backends.c.build import ARM_ARCH, ARM_FLAGS, HOST_WARNINGS, QEMU_MACHINE
-from backends.c.train_emit import unpack_state
+from backends.c.train_emit import unpack_export
 from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import train_step
 from backends.numpy_int.training.outdir import load_training
@@ -44,13 +47,19 @@ def scrambled_digits(path: Path) -> Path:
     return path
 
 
-def compile_digits(out: Path, rule: str, model: Path = DIGITS / "digits.onnx") -> None:
+AUTO = ("--bits", "auto")
+ONE_BIT = ("--bits", "8", "--scheme", "binary")  # ±α weights, 8-bit activations (seeds/003)
+
+
+def compile_digits(out: Path, rule: str, model: Path = DIGITS / "digits.onnx",
+                   precision: tuple[str, ...] = AUTO, ternary: int = 0) -> str:
     result = CliRunner().invoke(main, [
-        "compile", str(model), "--bits", "auto", "--calib",
+        "compile", str(model), *precision, "--calib",
         str(DIGITS / "calib.npz"), "--train-data", str(DIGITS / "train.npz"), "--train",
         "--update", rule, "--lr", "2^-4", "--train-batch", str(BATCH), "--target", "c",
-        "-o", str(out)])
+        "--grad-ternary", str(ternary), "-o", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
 
 
 def batches(integer, steps: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -103,7 +112,7 @@ def numpy_run(out: Path, data) -> tuple[object, object, object, list[float]]:
 
 
 def assert_same_state(program, integer, state, flat: np.ndarray, steps: int) -> None:
-    c = unpack_state(program, flat)
+    c = unpack_export(program, flat)
     for layer in program.trained:
         assert np.array_equal(c[f"weight.{layer.name}"],
                               integer.values[layer.weight].const.ravel()), layer.name
@@ -124,10 +133,16 @@ def gcc() -> str:
     return path
 
 
-@pytest.mark.parametrize("rule", ["fx", "sr", "r", "bc"])
-def test_host_c_matches_numpy_bit_for_bit(tmp_path: Path, gcc: str, rule: str) -> None:
+@pytest.mark.parametrize(("rule", "precision", "ternary"), [
+    ("fx", AUTO, 0), ("sr", AUTO, 0), ("r", AUTO, 0), ("bc", AUTO, 0),
+    ("sr", AUTO, 2), ("fx", AUTO, 3),
+    ("bc", ONE_BIT, 0), ("sr", ONE_BIT, 0), ("r", ONE_BIT, 0), ("bc", ONE_BIT, 2)],
+    ids=["fx", "sr", "r", "bc", "sr-tern2", "fx-tern3", "bc-1bit", "sr-1bit", "r-1bit",
+         "bc-1bit-tern2"])
+def test_host_c_matches_numpy_bit_for_bit(tmp_path: Path, gcc: str, rule: str,
+                                          precision: tuple[str, ...], ternary: int) -> None:
     out = tmp_path / "digits"
-    compile_digits(out, rule)
+    compile_digits(out, rule, precision=precision, ternary=ternary)
     data = batches(load_outdir(out).integer, STEPS)
     write_data(tmp_path / "data.i32", data)
     logits, flat = parse(run_host(out, tmp_path / "data.i32"), STEPS)
@@ -136,6 +151,8 @@ def test_host_c_matches_numpy_bit_for_bit(tmp_path: Path, gcc: str, rule: str) -
     assert c_losses == losses  # the logits are equal, so the float loss is the same float
     assert_same_state(program, integer, state, flat, STEPS)
     assert state.rng.counter > 0  # stochastic roundings happened (and matched)
+    assert program.options.grad_ternary == ternary
+    assert all(layer.binary == (precision == ONE_BIT) for layer in program.layers)
 
 
 ERRORS = r"""
@@ -144,13 +161,13 @@ ERRORS = r"""
 #include "digits_train.h"
 
 static digits_train_input_t x[DIGITS_TRAIN_MAX_BATCH * DIGITS_TRAIN_INPUT_SIZE];
-static int32_t y[DIGITS_TRAIN_MAX_BATCH + 1], before[DIGITS_TRAIN_STATE_SIZE],
-    after[DIGITS_TRAIN_STATE_SIZE];
+static int32_t y[DIGITS_TRAIN_MAX_BATCH + 1], before[DIGITS_TRAIN_EXPORT_SIZE],
+    after[DIGITS_TRAIN_EXPORT_SIZE];
 
 int main(void)
 {
     int rc[6];
-    digits_export_state(before, DIGITS_TRAIN_STATE_SIZE);
+    digits_export_weights(before, DIGITS_TRAIN_EXPORT_SIZE);
     rc[0] = digits_train_step(NULL, y, 1);
     rc[1] = digits_train_step(x, NULL, 1);
     rc[2] = digits_train_step(x, y, 0);
@@ -159,17 +176,24 @@ int main(void)
     rc[4] = digits_train_step(x, y, 2);
     y[1] = -1;
     rc[5] = digits_train_step(x, y, 2);
-    digits_export_state(after, DIGITS_TRAIN_STATE_SIZE);
+    digits_export_weights(after, DIGITS_TRAIN_EXPORT_SIZE);
     printf("%d %d %d %d %d %d %d %d\n", rc[0], rc[1], rc[2], rc[3], rc[4], rc[5],
-           memcmp(before, after, sizeof before) == 0, digits_export_state(after, 1));
+           memcmp(before, after, sizeof before) == 0, digits_export_weights(after, 1));
     return 0;
 }
 """
 
 
-def test_refusals_return_error_codes_and_change_nothing(tmp_path: Path, gcc: str) -> None:
+@pytest.mark.parametrize(("rule", "precision", "ternary"), [("fx", AUTO, 0),
+                                                           ("bc", ONE_BIT, 2)],
+                         ids=["fx", "bc-1bit-tern2"])
+def test_refusals_return_error_codes_and_change_nothing(tmp_path: Path, gcc: str, rule: str,
+                                                        precision: tuple[str, ...],
+                                                        ternary: int) -> None:
+    """NULL arrays, batch 0 or above the compiled one, labels outside 0 .. 9 and a short
+    export array return their error codes; the exported weights stay the same."""
     out = tmp_path / "digits"
-    compile_digits(out, "fx")
+    compile_digits(out, rule, precision=precision, ternary=ternary)
     (out / "errors.c").write_text(ERRORS)
     exe = tmp_path / "errors"
     subprocess.run([gcc, *HOST_WARNINGS, f"-I{out}", str(out / "errors.c"),
@@ -184,11 +208,16 @@ QEMU_STEPS = 50
 def test_qemu_matches_host_and_loss_falls(tmp_path: Path, gcc: str) -> None:
     """50 sr steps on the emulated Cortex-M4 (-Os, hard float ABI) from a scrambled last
     layer: the same logits and state as the host build, and the mean loss of the last 10
-    steps below half the first 10 steps'."""
+    steps below half the first 10 steps'. The compile reports the train step's RAM: the
+    Cortex-M4 object's data + bss, equal to the static arrays train_emit declares."""
     missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
     assert not missing, f"{missing} required (DESIGN.md: the MCU target is tested)"
     out = tmp_path / "digits"
-    compile_digits(out, "sr", scrambled_digits(tmp_path / "digits.onnx"))
+    printed = compile_digits(out, "sr", scrambled_digits(tmp_path / "digits.onnx"))
+    ram = json.loads((out / "summary.json").read_text())["training"]
+    assert ram["batch"] == BATCH and ram["gradient_ctype"] == "int32_t"
+    assert ram["ram_bytes"] == ram["static_ram_bytes"] > 0
+    assert f"RAM {ram['ram_bytes']:,} B" in printed
     integer = load_outdir(out).integer
     data = batches(integer, QEMU_STEPS, seed=1)
     data_path = tmp_path / "data.i32"
