@@ -1,12 +1,20 @@
 """QConv in C: kernels.qconv (and xnor.conv_acc for dot = "xnor"), one sample, 1-D or 2-D.
 
-Three loop orders, all giving acc = b + Σ (x − zx)·w exactly (then kernels.requantize):
+Four loop orders, all giving acc = b + Σ (x − zx)·w exactly (then kernels.requantize):
 
-- patches (weights stored as int8 / int16, general and pointwise convs): im2col for a block of
-  output positions (padding filled with the zero point zx, so it adds 0), then per
-  output channel the dot products of the weight row with each patch; acc starts at
-  b − zx·Σw, so the inner loop is a plain dot product of codes (compilers vectorise it, into
-  VNNI dot-product instructions where the CPU has them);
+- patches (int8 / int16, sub-byte or sign weights where strips do not apply: groups, dilation,
+  narrow output rows): im2col for a block of output positions (padding filled with the zero
+  point zx, so it adds 0), then per output channel the dot products of the weight row with
+  each patch; acc starts at b − zx·Σw, so the inner loop is a plain dot product of codes
+  (compilers vectorise it, into VNNI dot-product instructions where the CPU has them);
+- strips (the patches' arithmetic for int8 / int16 weights, one group, no dilation, output rows
+  of at least STRIP_MIN_WIDTH): per output row, the kernel's input rows transposed into a strip
+  of columns, each column the KH·C codes under it (padding = zx), so the patch of output
+  column ow is the k contiguous codes from column ow·SW, taps in (kw, kh, ic) order (the
+  weight rows are stored in that order). Every input row is transposed once per layer (the
+  strip slides by SH rows between output rows) instead of KH·KW times into patches; the weight
+  rows are zero-padded to a multiple of the vector width, so the dot product is one vector
+  loop (reading a little into the next column, times zero weights);
 - planes (depthwise, tiny kernels, and weights that need decoding: sub-byte, signs, APoT
   shift-adds): per output channel, a plane of accumulators starts at the bias and every kernel
   tap adds (x − zx)·w over the output positions whose input lies inside the image (ranges
@@ -37,6 +45,11 @@ from qcc.ops import nn
 PATCH_BLOCKS = (8, 4)
 PATCH_ALIGN = 16  # patches are zero-padded to a multiple of this many taps (vector width)
 MIN_PATCH_TAPS = 8  # below this many taps per output, the plane order is cheaper
+# strips: weight rows padded to a multiple of this many taps (longer than PATCH_ALIGN: gcc
+# turns a dot product of 32·n taps into whole vectors and one horizontal sum; 144 taps as
+# 128 + 16 cost two sums, 144 or 176 in one loop a scalar tail)
+STRIP_ALIGN = 32
+STRIP_MIN_WIDTH = min(PATCH_BLOCKS)  # narrower output rows: patches span several rows
 
 
 @dataclass
@@ -123,7 +136,7 @@ class ConvSetup:
     req: Requant
     bound: int  # |final accumulator| bound (kernels.exact_float_type's k·max|x−zx|·max|w| + |b|)
     acc_t: str
-    order: str  # "patches", "planes" or "xnor"
+    order: str  # "patches", "strips", "planes" or "xnor"
     zx: int
     init: list[int]  # per output channel: the accumulator's start value
     reader: RowReader
@@ -151,6 +164,11 @@ class QConvKernel(Kernel):
         order = self._order(g, rows, xnor)
         if order == "patches" and rows.direct:  # dot products run to the padded length
             rows = rows.with_tail(padded_taps(g.k) - g.k)
+        if order == "strips":  # taps (ic, kh, kw) -> (kw, kh, ic), each row zero-padded
+            taps = w.transpose(0, 3, 2, 1) if w.ndim == 4 else w.transpose(0, 2, 1)
+            padded = np.zeros((g.cout, strip_taps(g.k)), np.int64)
+            padded[:, :g.k] = taps.reshape(g.cout, g.k)
+            rows = store_rows(padded, ctx.cname(node, "w"))
         ctx.add_weights(rows)
         zx = int(node.attrs.get("x_zero_point", 0))
         bias = node.input(2)
@@ -161,7 +179,7 @@ class QConvKernel(Kernel):
         init = b.copy()
         partial = bound
         offset = 0
-        if order == "patches":  # raw codes in the dot product, zx·Σw folded into the start
+        if order in ("patches", "strips"):  # raw codes in the dot product, zx·Σw in the start
             # int8 codes enter the patches as x + 128 (uint8): unsigned-by-signed byte dot
             # products are what VNNI / dot-product instructions multiply
             offset = 128 if x.ctype == "int8_t" and x.lo < 0 else 0
@@ -181,7 +199,9 @@ class QConvKernel(Kernel):
         depthwise = g.cg == 1 and g.groups > 1
         unpackable = rows.direct or rows.kind in ("packed", "signs")
         if unpackable and g.k >= MIN_PATCH_TAPS and not depthwise:
-            return "patches"
+            strips = rows.direct and g.groups == 1 and (g.dh, g.dw) == (1, 1) and \
+                g.wo >= STRIP_MIN_WIDTH
+            return "strips" if strips else "patches"
         return "planes"
 
     def plan(self, node: Node, ctx) -> KernelPlan:
@@ -192,6 +212,12 @@ class QConvKernel(Kernel):
             words = s.rows.words
             return KernelPlan([Scratch("uint32_t", words), Scratch("uint32_t", words)],
                               macs=macs, note=f"XNOR-popcount conv {g.describe()}")
+        if s.order == "strips":
+            strip = Strip(g)
+            return KernelPlan([Scratch(s.patch_t(x_t), strip.size)], macs=macs,
+                              note=f"conv {g.describe()}: im2col strips of {strip.cols} "
+                                   f"columns per output row times {s.rows.kind} weight rows, "
+                                   f"{s.acc_t} accumulators")
         if s.order == "patches":
             block = min(max(PATCH_BLOCKS), g.plane)
             row = [] if s.rows.direct else [Scratch("int8_t", padded_taps(g.k))]
@@ -213,7 +239,8 @@ class QConvKernel(Kernel):
         init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"
         x = ctx.t(node.inputs[0])
         out_t = ctx.t(node.outputs[0]).ctype
-        emitter = {"xnor": _emit_xnor, "patches": _emit_patches, "planes": _emit_planes}
+        emitter = {"xnor": _emit_xnor, "patches": _emit_patches, "strips": _emit_strips,
+                   "planes": _emit_planes}
         emitter[s.order](w, ctx, s, x.ctype, x.lo, out_t, init)
 
 
@@ -348,6 +375,145 @@ def _gather_patch(w: CWriter, g: ConvShape, x_t: str, s: ConvSetup, group: str |
                     pad = s.zx + s.offset
                     w.line(f"q[t] = ih >= 0 && ih < {g.h} && iw >= 0 && iw < {g.wd} ? "
                            f"{code(f'xc[ih * {g.wd} + iw]')} : ({s.patch_t(x_t)}){pad};")
+
+
+# -- strips (im2col per output row) ----------------------------------------------------------
+def strip_taps(k: int) -> int:
+    """A strips weight row: k rounded up to STRIP_ALIGN (to PATCH_ALIGN for short rows)."""
+    align = STRIP_ALIGN if k > PATCH_ALIGN else PATCH_ALIGN
+    return -(-k // align) * align
+
+
+@dataclass
+class Strip:
+    """The strip of one output row: `cols` columns of `depth` = KH·C codes each, column c
+    holding input column c − PW of the KH input rows under the output row (zx outside the
+    image); then the tail that the last patch's padded dot product reads (taps − k codes)."""
+
+    g: ConvShape
+
+    @property
+    def blocks(self) -> tuple[int, int]:
+        """Output columns per dot-product block: wide (vector registers) and narrow (Arm)."""
+        return min(PATCH_BLOCKS[0], self.g.wo), PATCH_BLOCKS[1]
+
+    @property
+    def depth(self) -> int:
+        return self.g.kh * self.g.cg
+
+    @property
+    def cols(self) -> int:
+        """Columns read by the blocks (a ragged last block reads past the row's end)."""
+        last = max(-(-self.g.wo // b) * b for b in self.blocks) - 1
+        return last * self.g.sw + self.g.kw
+
+    @property
+    def image(self) -> int:
+        """Columns of the strip that hold input columns (the rest is padding)."""
+        return max(0, min(self.g.wd, self.cols - self.g.pw))
+
+    @property
+    def taps(self) -> int:
+        return strip_taps(self.g.k)
+
+    @property
+    def size(self) -> int:
+        return self.cols * self.depth + self.taps - self.g.k
+
+
+def _emit_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, x_lo: int, out_t: str,
+                 init: str) -> None:
+    """Per output row: slide the strip, transpose the new input rows into it, then the dot
+    products of blocks of output columns with every weight row. The wide block runs the
+    zero-padded rows (vector loops), the narrow one (Arm) only the k real taps."""
+    g, strip, p_t = s.g, Strip(s.g), s.patch_t(x_t)
+    pad = f"({p_t}){s.zx + s.offset}"
+    slide = g.sh < g.kh and g.ho > 1
+    w.line("int32_t oh, ow0, oc, ic, kh, iw, i;")
+    if strip.taps > g.k:
+        w.comment("the tail read by the last column's padded dot product (times zero weights)")
+        with w.block(f"for (i = {strip.cols * strip.depth}; i < {strip.size}; ++i)"):
+            w.line(f"s0[i] = {pad};")
+    with w.block(f"for (oh = 0; oh < {g.ho}; ++oh)"):
+        if slide:
+            w.line("kh = 0; /* the first row slot to fill */")
+            with w.block("if (oh > 0)"):
+                w.comment(f"row slots {g.sh}.. of the last output row are slots 0.. of this one")
+                shift = g.sh * g.cg
+                with w.block(f"for (i = 0; i < {strip.cols * strip.depth - shift}; ++i)"):
+                    w.line(f"s0[i] = s0[i + {shift}];")
+                w.line(f"kh = {g.kh - g.sh};")
+        with w.block(f"for ({'' if slide else 'kh = 0'}; kh < {g.kh}; ++kh)"):
+            _fill_strip_row(w, strip, s, x_t, pad)
+        wide, narrow = strip.blocks
+        if (wide, strip.taps) == (narrow, g.k):
+            _strip_blocks(w, ctx, s, p_t, out_t, init, wide, g.k)
+            return
+        w.directive(f"#if {ctx.name.upper()}_PATCH_BLOCK == {PATCH_BLOCKS[0]}")
+        _strip_blocks(w, ctx, s, p_t, out_t, init, wide, strip.taps)
+        w.directive("#else")
+        _strip_blocks(w, ctx, s, p_t, out_t, init, narrow, g.k)
+        w.directive("#endif")
+
+
+def _fill_strip_row(w: CWriter, strip: Strip, s: ConvSetup, x_t: str, pad: str) -> None:
+    """Row slot kh of every column: input row oh·SH + kh − PH, zx where it is padding."""
+    g, depth, p_t = s.g, strip.depth, s.patch_t(x_t)
+    w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
+    w.line(f"{p_t} *const q = s0 + kh * {g.cg}; /* column 0; columns are {depth} apart */")
+
+    def pad_columns(lo: str, hi: int) -> None:
+        with w.block(f"for (iw = {lo}; iw < {hi}; ++iw)"):
+            with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+                w.line(f"q[iw * {depth} + ic] = {pad};")
+
+    if any(g.valid("h", t) != (0, g.ho) for t in range(g.kh)):
+        with w.block(f"if (ih < 0 || ih >= {g.h})"):
+            pad_columns("0", strip.cols)
+            w.line("continue;")
+    if g.pw:
+        pad_columns("0", g.pw)
+    code = f"(uint8_t)(xr[iw] + {s.offset})" if s.offset else (
+        "(uint8_t)xr[iw]" if p_t != x_t else "xr[iw]")
+    with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+        w.line(f"const {x_t} *const xr = x0 + {linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
+        w.line(f"{p_t} *const qc = q + {linear([('ic', 1)], g.pw * depth)};")
+        with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
+            w.line(f"qc[iw * {depth}] = {code};")
+    if g.pw + strip.image < strip.cols:
+        pad_columns(str(g.pw + strip.image), strip.cols)
+
+
+def _strip_blocks(w: CWriter, ctx, s: ConvSetup, p_t: str, out_t: str, init: str,
+                  block: int, taps: int) -> None:
+    """Output columns ow0 .. ow0 + block − 1 of row oh: `taps` products per weight row."""
+    g, strip = s.g, Strip(s.g)
+    depth = strip.depth
+    step = g.sw * depth  # strip codes between neighbouring output columns
+    ragged = g.wo % block != 0
+    names = [f"a{j}" for j in range(block)]
+    with w.block(f"for (ow0 = 0; ow0 < {g.wo}; ow0 += {block})"):
+        w.line(f"const {p_t} *const sp = s0 + ow0 * {step};")
+        with w.block(f"for (oc = 0; oc < {g.cout}; ++oc)"):
+            w.line(f"const {s.rows.row_ctype} *const wr = {s.rows.cname} + oc * {strip.taps};")
+            w.line(f"const {s.acc_t} start = {init};")
+            w.line(f"{s.acc_t} {', '.join(f'{a} = start' for a in names)};")
+            with w.block(f"for (i = 0; i < {taps}; ++i)"):
+                w.line(f"const {s.acc_t} wv = wr[i];")
+                for j, a in enumerate(names):
+                    w.line(f"{a} += ({s.acc_t})sp[{linear([('i', 1)], j * step)}] * wv;")
+            # stored from an array: the accumulators are dead before the first requantization,
+            # so a small core keeps them in registers (not across its calls), and a vector
+            # unit requantizes the block at once
+            w.line(f"const {s.acc_t} acc[{block}] = {{{', '.join(names)}}};")
+            w.line("int32_t j;")
+            with w.block(f"for (j = 0; j < {block}; ++j)"):
+                if ragged:
+                    with w.block(f"if (ow0 + j >= {g.wo})"):
+                        w.line("break; /* past the row's end */")
+                value = s.req.expr("acc[j]", "oc", s.bound, s.acc_t, ctx.rt)
+                w.line(f"y0[oc * {g.plane} + {linear([('oh', g.wo)])} + ow0 + j] = "
+                       f"({out_t}){value};")
 
 
 # -- planes ------------------------------------------------------------------------------------
