@@ -18,12 +18,13 @@ The arithmetic, written down once (the C runtime mirrors it function for functio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from backends.numpy_int import xnor
+from backends.numpy_int import fastpath, xnor
 from backends.numpy_int.interpreter import count_overflow
 from qcc.errors import QccError
 from qcc.ir import Node
@@ -39,6 +40,7 @@ CODE_PRESERVING = ("Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Tr
 MAX_MULTIPLIER = 1 << 24
 
 
+@functools.lru_cache(maxsize=64)  # np.iinfo is slow, and every Quantize asks
 def storage_dtype(lo: int, hi: int) -> np.dtype:
     """The narrowest NumPy integer type holding [lo, hi] (the C backend uses the same)."""
     for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
@@ -148,6 +150,9 @@ def qconv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
     """Conv of codes: acc = Σ (x − zx)·w + b exactly, then `requantize` per output channel."""
     if node.attrs.get("dot") == "xnor":  # sign activations times ±1 weights: xnor.py
         return requantize(xnor.conv_acc(node, x, w, b), node, axis=1)
+    plan = fastpath.dot_plan(node, x, w, b)
+    if plan is not None:  # one exact float GEMM, proven by the node's bound: fastpath.py
+        return fastpath.run_conv(node, plan, x, w.shape)
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     acc = _exact_conv(node, xc, w)
     if b is not None:
@@ -180,6 +185,9 @@ def qgemm(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
     """x (N, K) times W (K, M), or W (M, K) with transB: exact, then per-column `requantize`."""
     if node.attrs.get("dot") == "xnor":  # sign activations times ±1 weights: xnor.py
         return requantize(xnor.gemm_acc(node, x, w, b), node, axis=x.ndim - 1)
+    plan = fastpath.dot_plan(node, x, w, b)
+    if plan is not None:  # one exact float GEMM, proven by the node's bound: fastpath.py
+        return fastpath.run_gemm(node, plan, x)
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     wt = w.T if node.attrs.get("transB", 0) else w
     ft = exact_float_type(wt.shape[0], _absmax(xc), _absmax(wt), node)
@@ -195,6 +203,9 @@ def rescale_sum(node: Node, *xs: np.ndarray) -> np.ndarray:
 
     Requantize is the one-input case; QAdd adds two tensors given in different formats.
     """
+    codes = fastpath.run_sum(node, xs)  # exact in one float type where the bound allows
+    if codes is not None:
+        return codes
     zero_points = node.attrs.get("zero_points", [0] * len(xs))
     multipliers = node.attrs["multipliers"]
     total = sum(_centered(x, z) * int(m) for x, z, m in zip(xs, zero_points, multipliers))
@@ -207,10 +218,16 @@ def rescale_sum(node: Node, *xs: np.ndarray) -> np.ndarray:
 def quantize(node: Node, x: np.ndarray) -> np.ndarray:
     """Float -> codes at the graph input: round(x / scale) + zp, ties away from zero, saturated."""
     a = node.attrs
-    v = round_half_away(x.astype(np.float64) / float(a["scale"])) + int(a.get("out_zero_point", 0))
+    v = round_half_away(x.astype(np.float64) / float(a["scale"]))
+    zero_point = int(a.get("out_zero_point", 0))
+    if zero_point:
+        v += zero_point
     lo, hi = int(a["out_lo"]), int(a["out_hi"])
-    count_overflow(node.outputs[0].name, np.count_nonzero((v < lo) | (v > hi)))
-    return np.clip(v, lo, hi).astype(storage_dtype(lo, hi))
+    if v.size and (v.min() < lo or v.max() > hi):  # NaN never gets here: qcc.io refuses it
+        count_overflow(node.outputs[0].name, np.count_nonzero((v < lo) | (v > hi)))
+    codes = np.empty(v.shape, storage_dtype(lo, hi))
+    np.clip(v, lo, hi, out=codes, casting="unsafe")  # exact: v is integral
+    return codes
 
 
 @int_kernel("Dequantize")
@@ -225,7 +242,7 @@ def average_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Exact window sums divided by the window counts, to nearest with ties away from zero."""
     if node.op_type == "GlobalAveragePool":
         axes = tuple(range(2, x.ndim))
-        total = x.astype(np.int64).sum(axis=axes, keepdims=True)
+        total = x.sum(axis=axes, keepdims=True, dtype=np.int64)
         counts = np.int64(np.prod([x.shape[i] for i in axes]))
     else:
         win = nn.pool_window(node, x)

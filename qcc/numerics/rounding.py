@@ -90,9 +90,11 @@ def round_half_away(v: ArrayLike) -> NDArray[np.float64]:
     """
     v = np.asarray(v, dtype=np.float64)
     whole = np.trunc(v)
-    with np.errstate(invalid="ignore"):  # inf - inf: infinities pass through unchanged
-        frac = np.where(np.isfinite(v), v - whole, 0.0)
-    return whole + np.where(np.abs(frac) >= 0.5, np.sign(v), 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: no step, infinities pass through
+        frac = v - whole
+    whole += frac >= 0.5  # adding 0 also turns a -0.0 into 0.0
+    whole -= frac <= -0.5
+    return whole
 
 
 def saturating_rounding_doubling_high_mul(a: ArrayLike, b: ArrayLike) -> NDArray[np.int32]:

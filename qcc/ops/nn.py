@@ -294,13 +294,28 @@ def _conv_gemm(x: np.ndarray, w: np.ndarray, plan: ConvPlan, bias: np.ndarray | 
     without copying; the next Conv's padding copy or elementwise op compacts it anyway).
     """
     g, m = plan.groups, w.shape[0]
-    buf = _channel_major(x, plan)
-    cols = _view(buf, plan.cols_shape, plan.cols_strides).reshape(g, -1, plan.length)  # im2col
-    y = _grouped_matmul(w.reshape(g, m // g, -1), cols)  # (M, L), fresh
+    cols = patch_matrix(_channel_major(x, plan), plan)
+    y = grouped_matmul(w.reshape(g, m // g, -1), cols)  # (M, L), fresh
     if bias is not None:
         y += bias.reshape(m, 1)
-    out = _view(y, plan.out_shape, plan.out_strides)
+    out = gemm_output(y, plan)
     return out if plan.flat or x.shape[0] == 1 else np.ascontiguousarray(out)
+
+
+def patch_matrix(buf: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """The im2col copy: (G, Cg·K, L) patches of a channel-major padded buffer (`buf_shape`)."""
+    return patch_view(buf, plan).reshape(plan.groups, -1, plan.length)
+
+
+def patch_view(buf: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """The patches as a strided view of the C-contiguous buffer, `cols_shape` (no copy)."""
+    return _view(buf, plan.cols_shape, plan.cols_strides)
+
+
+def gemm_output(y: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """The GEMM result y (M, L) (C-contiguous) read as (N, M, *out): a view, strided for flat
+    plans, whose skipped columns are the wasted positions."""
+    return _view(y, plan.out_shape, plan.out_strides)
 
 
 def _add_bias(y: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> None:
@@ -332,11 +347,13 @@ def _channel_major(x: np.ndarray, plan: ConvPlan) -> np.ndarray:
     return buf
 
 
-def _grouped_matmul(w: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(G, Mg, R) @ (G, R, L) -> (G·Mg, L); plain 2-D sgemm when G is 1."""
+def grouped_matmul(w: np.ndarray, cols: np.ndarray, out: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """(G, Mg, R) @ (G, R, L) -> (G·Mg, L), fresh or into `out` (G, Mg, L); plain 2-D GEMM
+    when G is 1."""
     if w.shape[0] == 1:
-        return w[0] @ cols[0]
-    return np.matmul(w, cols).reshape(-1, cols.shape[-1])
+        return np.matmul(w[0], cols[0], out=None if out is None else out[0])
+    return np.matmul(w, cols, out=out).reshape(-1, cols.shape[-1])
 
 
 def _conv_depthwise(x: np.ndarray, w: np.ndarray, win: Window,

@@ -8,6 +8,7 @@ form that `node.opset` defines. Outputs keep the data's dtype; index outputs are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import ml_dtypes
@@ -35,8 +36,7 @@ def flatten(node: Node, x: np.ndarray) -> np.ndarray:
     """2-D view: dims before `axis` (default 1, negative counts from the end) become rows."""
     axis = node.attrs.get("axis", 1)
     axis = axis + x.ndim if axis < 0 else axis
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
-    return x.reshape(rows, int(np.prod(x.shape[axis:], dtype=np.int64)))
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 @float_kernel("Reshape")
