@@ -28,8 +28,8 @@ compares the two with hypothesis, at the edges of the ranges too):
 
 Plans (float weights in the GEMM layout, requantization constants) are built on a node's first
 run and kept while its weight and bias arrays are the same objects (a new array, as training
-writes, builds a new plan; editing a constant array in place is not noticed). Each thread keeps
-its own work arrays (padded input, patch matrix, GEMM output) per input shape.
+writes, builds a new plan; editing a constant array in place is not noticed). Each thread has
+one scratch block per use (padded input, patch matrix, GEMM output) that all convs share.
 """
 
 from __future__ import annotations
@@ -172,14 +172,6 @@ class _Dot:
     x_zero_point: int
     rescale: Rescale  # its offset is the weights' last column (conv) or row (gemm)
     conv_geometry: dict[tuple[int, ...], tuple] = field(default_factory=dict)  # per x shape
-    work: _Work = field(default_factory=lambda: _Work())
-
-
-class _Work(threading.local):
-    """A plan's work arrays per input shape, one set per thread (runs may share a graph)."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[tuple[int, ...], _ConvWork] = {}
 
 
 # per node: (weight, bias, x dtype) the plan was built for, and the plan (None: int64 path)
@@ -275,55 +267,53 @@ def _conv_geometry(node: Node, plan: _Dot, x_shape: tuple[int, ...], w_shape: tu
 
 
 def _conv_chunk(plan: _Dot, x: np.ndarray, cplan: nn.ConvPlan) -> tuple[np.ndarray, int]:
-    work = plan.work.arrays.get(x.shape)
-    if work is None:
-        work = plan.work.arrays[x.shape] = _ConvWork.allocate(plan, x.dtype, cplan)
-    buf = _channel_major(plan, x, cplan, work.padded)
-    patches = nn.patch_view(buf, cplan).reshape(work.split)
-    np.copyto(work.patches, patches, casting="unsafe")  # im2col; exact: |code| < 2^24
-    nn.grouped_matmul(plan.weights, work.cols, out=work.y)
-    y = work.y.reshape(-1, cplan.length)
+    g, mg, rows = plan.weights.shape[0], plan.weights.shape[1], plan.weights.shape[2] - 1
+    ft = plan.weights.dtype
+    cols = _SCRATCH.take("cols", ft, (g, rows + 1, cplan.length))
+    cols[:, rows] = 1  # against the weights' offset column
+    split = (g, cplan.cols_shape[0] // g, *cplan.cols_shape[1:])  # (G, Cg, *kernel, ...)
+    patches = nn.patch_view(_channel_major(plan, x, cplan), cplan).reshape(split)
+    # the im2col copy, converting codes to floats on the way (exact: |code| < 2^24)
+    np.copyto(np.reshape(cols[:, :rows], split, copy=False), patches, casting="unsafe")
+    y = nn.grouped_matmul(plan.weights, cols, out=_SCRATCH.take("y", ft, (g, mg, cplan.length)))
     return plan.rescale.apply(y, nn.gemm_output(y, cplan))
 
 
-@dataclass(frozen=True)
-class _ConvWork:
-    """One thread's work arrays for one input shape, kept between runs: allocating and
-    page-faulting them cost as much as the copies into them."""
+class _Scratch(threading.local):
+    """One thread's work memory, shared by all the convolutions it runs (padded input, patch
+    matrix, GEMM output): one block per use, as large as the largest conv so far, keeps the
+    working set of a whole inference in cache, where fresh arrays per node would not be."""
 
-    padded: np.ndarray | None  # the (C, N, *padded) buffer; its border is written once
-    cols: np.ndarray  # (G, Cg·K + 1, L) patch matrix; its last row (the ones) written once
-    patches: np.ndarray  # cols without the ones row, viewed as (G, Cg, *kernel, ...)
-    split: tuple[int, ...]
-    y: np.ndarray  # (G, Mg, L) GEMM output
+    def __init__(self) -> None:
+        self.blocks: dict[tuple[str, np.dtype], np.ndarray] = {}
 
-    @staticmethod
-    def allocate(plan: _Dot, x_dtype: np.dtype, cplan: nn.ConvPlan) -> _ConvWork:
-        g, mg, rows = plan.weights.shape[0], plan.weights.shape[1], plan.weights.shape[2] - 1
-        ft = plan.weights.dtype
-        cols = np.empty((g, rows + 1, cplan.length), ft)
-        cols[:, rows] = 1  # against the weights' offset column
-        split = (g, cplan.cols_shape[0] // g, *cplan.cols_shape[1:])  # (G, Cg, *kernel, ...)
-        padded = None
-        if cplan.win.has_padding or plan.x_zero_point or cplan.buf_shape[1] > 1:
-            padded = np.zeros(cplan.buf_shape, ft if plan.x_zero_point else x_dtype)
-        return _ConvWork(padded, cols, np.reshape(cols[:, :rows], split, copy=False), split,
-                         np.empty((g, mg, cplan.length), ft))
+    def take(self, use: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised C-contiguous array of `shape`, valid until the next take(use)."""
+        size = math.prod(shape)
+        block = self.blocks.get((use, dtype))
+        if block is None or block.size < size:
+            block = self.blocks[(use, dtype)] = np.empty(size, dtype)
+        return block[:size].reshape(shape)
 
 
-def _channel_major(plan: _Dot, x: np.ndarray, cplan: nn.ConvPlan, padded: np.ndarray | None
-                   ) -> np.ndarray:
+_SCRATCH = _Scratch()
+
+
+def _channel_major(plan: _Dot, x: np.ndarray, cplan: nn.ConvPlan) -> np.ndarray:
     """The zero-padded C-contiguous (C, N, *padded) buffer im2col reads: the codes themselves
-    (their storage type) when zx is 0, else x − zx in the plan's float type. `padded` is the
-    buffer to fill (its border is already zero); None for one image, no padding and zx 0,
-    where x itself, reshaped, is that buffer."""
-    if padded is None:
-        return np.ascontiguousarray(x.reshape(cplan.buf_shape))
-    inner = padded[(slice(None), slice(None), *cplan.win.inner())]
+    (their storage type) when zx is 0, else x − zx in the plan's float type."""
+    win = cplan.win
+    if not (win.has_padding or plan.x_zero_point or cplan.buf_shape[1] > 1):
+        return np.ascontiguousarray(x.reshape(cplan.buf_shape))  # one image: x itself
+    buf = _SCRATCH.take("padded", plan.weights.dtype if plan.x_zero_point else x.dtype,
+                        cplan.buf_shape)
+    if win.has_padding:
+        buf.fill(0)
+    inner = buf[(slice(None), slice(None), *win.inner())]
     np.copyto(inner, x.swapaxes(0, 1), casting="unsafe")
     if plan.x_zero_point:
         inner -= plan.x_zero_point
-    return padded
+    return buf
 
 
 # -- QAdd / Requantize -------------------------------------------------------------------------

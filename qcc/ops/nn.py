@@ -414,10 +414,16 @@ def max_pool(node: Node, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.nda
     xp = win.pad(x, _lowest(x.dtype))
     if len(node.outputs) > 1:
         return _max_pool_indices(node, x, xp, win)
-    y = None
-    for sl in win.taps():
-        tap = xp[(..., *sl)]
-        y = tap.copy() if y is None else np.maximum(y, tap, out=y)
+    # a box's max is the max along each axis in turn: Σk taps instead of Πk
+    y = xp
+    for axis, (k, d, s, o) in enumerate(zip(win.kernel, win.dilations, win.strides,
+                                            win.out_spatial)):
+        lead = (slice(None),) * (y.ndim - len(win.kernel) + axis)
+        part = None
+        for t in range(k):
+            tap = y[(*lead, slice(t * d, t * d + s * (o - 1) + 1, s))]
+            part = tap.copy() if part is None else np.maximum(part, tap, out=part)
+        y = part
     return y
 
 
