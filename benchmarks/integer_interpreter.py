@@ -38,12 +38,12 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 from backends.numpy_int import run_integer
-from qcc.ir import Graph
-from qcc.ops import nn
 from passes import run_passes
 from passes.calibrate import calibrate
 from passes.quantize_graph import QuantConfig, quantize_graph
+from qcc.ir import Graph
 from qcc.onnx_import import import_model
+from qcc.ops import nn
 
 TARGET_RATIO = 2.0
 

