@@ -29,7 +29,7 @@ from backends.numpy_int import run_integer
 from passes import run_passes
 from passes.calibrate import calibrate
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
-from qcc.onnx_import import import_model
+from qcc.core.onnx_import import import_model
 
 TARGET = 0.99
 SPLITS = [(8, 8), (8, 16), (16, 8), (16, 16)]  # (weight bits, activation bits)

@@ -47,10 +47,10 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.c.build import build_host, build_mcu, missing_tools, run_host, run_qemu, time_host
-from backends.c.check import interpreter_outputs
 from backends.c.library import emit_library
 from qcc import zoo
-from qcc.compiler import compile_model
+from qcc.driver.c_check import interpreter_outputs
+from qcc.driver.pipeline import compile_model
 
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "convnet_cifar": zoo.convnet_cifar, "resnet8": zoo.resnet8}

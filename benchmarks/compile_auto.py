@@ -29,7 +29,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         np.savez(folder / "calib.npz", x=rng.normal(size=(256, 3, 32, 32)).astype(np.float32))
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "qcc.cli", "compile",
+        result = subprocess.run([sys.executable, "-m", "qcc.driver.cli", "compile",
                                  folder / "convnet.onnx", "--bits", "auto", "--calib",
                                  folder / "calib.npz", "-o", folder / "out"],
                                 capture_output=True, text=True)

@@ -3,7 +3,7 @@
     python benchmarks/float_interpreter.py [--repeats 200] [--blas-threads 1] [--batch 1]
 
 For qcc.zoo.convnet_cifar() and qcc.zoo.resnet8(): import with qcc, run the same input through
-a qcc.float_exec.Schedule (planned once, as an onnxruntime session is) and through onnxruntime
+a qcc.core.float_exec.Schedule (planned once, as an onnxruntime session is) and through onnxruntime
 (intra_op_num_threads = inter_op_num_threads = 1, default graph optimisations), check that the
 outputs agree (relative 1e-4), then time both; qcc also runs the graph after its fold_batchnorm
 pass, the counterpart of the BatchNorm fusion onnxruntime's default optimisations apply.
@@ -27,8 +27,8 @@ from threadpoolctl import threadpool_limits
 
 from passes import run_passes
 from qcc import zoo
-from qcc.float_exec import Schedule
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import Schedule
+from qcc.core.onnx_import import import_model
 
 TARGET_RATIO = 3.0
 AGREEMENT = 1e-4

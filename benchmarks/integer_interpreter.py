@@ -41,9 +41,9 @@ from backends.numpy_int import run_integer
 from passes import run_passes
 from passes.calibrate import calibrate
 from passes.quantize_graph import QuantConfig, quantize_graph
-from qcc.ir import Graph
-from qcc.onnx_import import import_model
-from qcc.ops import nn
+from qcc.core.ir import Graph
+from qcc.core.onnx_import import import_model
+from qcc.core.ops import nn
 
 TARGET_RATIO = 2.0
 

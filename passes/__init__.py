@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qcc.errors import QccError
-from qcc.ir import Graph
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph
 
 Pass = Callable[[Graph], Graph]
 PASSES: dict[str, Pass] = {}

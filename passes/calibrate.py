@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcc.float_exec import run_batched
-from qcc.ir import Graph
+from qcc.core.float_exec import run_batched
+from qcc.core.ir import Graph
+from qcc.core.progress import steps
 
 
 @dataclass
@@ -32,19 +33,27 @@ def calibrate(graph: Graph, x: np.ndarray, chunks: int = 8, batch: int = 64
     """Statistics of every non-constant float tensor of `graph` over the samples `x`."""
     chunks = max(1, min(chunks, len(x)))
     per_chunk: dict[str, list[tuple[float, float]]] = {}
-    for part in np.array_split(x, chunks):
-        seen: dict[str, tuple[float, float]] = {}
-        for env in run_batched(graph, part, batch=batch, keep_all=True):
-            for name, value in env.items():
-                v = graph.values.get(name)
-                if v is None or v.is_const or value.dtype.kind != "f" or not value.size:
-                    continue
-                lo, hi = float(value.min()), float(value.max())
-                old = seen.get(name, (lo, hi))
-                seen[name] = (min(lo, old[0]), max(hi, old[1]))
-        for name, bounds in seen.items():
-            per_chunk.setdefault(name, []).append(bounds)
+    with steps(f"calibration on {len(x)} samples", len(x)) as advance:
+        for part in np.array_split(x, chunks):
+            _chunk_ranges(graph, part, batch, per_chunk)
+            advance(len(part))
     return {name: TensorStats(min(b[0] for b in bounds), max(b[1] for b in bounds),
                               float(np.mean([b[0] for b in bounds])),
                               float(np.mean([b[1] for b in bounds])))
             for name, bounds in per_chunk.items()}
+
+
+def _chunk_ranges(graph: Graph, part: np.ndarray, batch: int,
+                  per_chunk: dict[str, list[tuple[float, float]]]) -> None:
+    """Append each tensor's (min, max) over the samples `part` to per_chunk[name]."""
+    seen: dict[str, tuple[float, float]] = {}
+    for env in run_batched(graph, part, batch=batch, keep_all=True):
+        for name, value in env.items():
+            v = graph.values.get(name)
+            if v is None or v.is_const or value.dtype.kind != "f" or not value.size:
+                continue
+            lo, hi = float(value.min()), float(value.max())
+            old = seen.get(name, (lo, hi))
+            seen[name] = (min(lo, old[0]), max(hi, old[1]))
+    for name, bounds in seen.items():
+        per_chunk.setdefault(name, []).append(bounds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from passes import graph_pass
-from qcc.ir import Graph, Node
+from qcc.core.ir import Graph, Node
 
 
 @graph_pass("fold_batchnorm")

@@ -25,7 +25,7 @@ stays as DQ -> float op -> Q, which the NumPy interpreter runs in float as ORT d
 
 Preconditions: the weights' DequantizeLinear nodes are still in the graph (the importer never
 folds QuantizeLinear / DequantizeLinear); onnxruntime's com.microsoft contrib ops were mapped to
-qcc ops at import (qcc.onnx_import). Every Q/DQ scale must be a positive finite constant:
+qcc ops at import (qcc.core.onnx_import). Every Q/DQ scale must be a positive finite constant:
 anything else is refused with one QccError line.
 """
 
@@ -38,9 +38,9 @@ import numpy as np
 import onnx
 
 from passes import graph_pass
-from qcc.errors import QccError
-from qcc.ir import Graph, Node, Value
-from qcc.registry import QCC_DOMAIN
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph, Node, Value
+from qcc.core.registry import QCC_DOMAIN
 
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 # single-data-input ops whose integer kernel moves or selects codes (backends/numpy_int/kernels)

@@ -27,6 +27,7 @@ strict inequalities and eq. 2 and 4's range bounds are not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,7 +131,7 @@ def noise_gain(z: ArrayLike, sq_grad_norms: ArrayLike) -> float:
     margin = z - z[np.arange(len(z)), yhat][:, None]
     others = np.ones_like(z, dtype=bool)
     others[np.arange(len(z)), yhat] = False
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a tie is reported by the caller
         terms = np.where(others, sq / (2.0 * np.where(others, margin, 1.0) ** 2), 0.0)
     return float(terms.sum(axis=1).mean())
 
@@ -268,3 +269,121 @@ def training_costs(config: Sequence[ConfigRow], numel_w: Sequence[int], numel_a:
         "C_M": float(np.sum(n_next * dots * (m_w * m_a + m_w * m_ga + m_a * m_ga))),
         "C_C": float(np.sum(n_w * b_gw)),
     }
+
+
+# ----------------------------------------------------------------------------- the guarantee
+
+CONFIDENCE = 0.95  # one-sided confidence of every certified p_m bound
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """Pr(X <= k) for X ~ Binomial(n, p), summed in log space (exact up to rounding)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+             + i * log_p + (n - i) * log_q for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+
+
+def mismatch_upper_bound(mismatches: int, samples: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper confidence bound on p_m from `mismatches` of `samples`.
+
+    The exact binomial inversion: the p_u with Pr(X <= k; n, p_u) = 1 - confidence (the same
+    number as scipy.stats.beta.ppf(confidence, k + 1, n - k)); p_u = 1 when k = n. Found by
+    bisection, since the CDF falls monotonically in p.
+    """
+    if samples <= 0 or not 0 <= mismatches <= samples:
+        raise ValueError(f"need 0 <= mismatches <= samples, samples > 0; got {mismatches}, "
+                         f"{samples}")
+    if mismatches == samples:
+        return 1.0
+    alpha = 1.0 - confidence
+    if mismatches == 0:  # closed form: (1 - p)^n = alpha
+        return -math.expm1(math.log(alpha) / samples)
+    lo, hi = mismatches / samples, 1.0
+    for _ in range(100):  # 2^-100 of the interval: far below float64 resolution
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _binomial_cdf(mismatches, samples, mid) > alpha else (lo, mid)
+    return hi
+
+
+def samples_to_certify(target: float, confidence: float = CONFIDENCE) -> int:
+    """The fewest held-out samples with which p_m <= target can be certified at all: with zero
+    mismatches the bound is 1 - (1 - confidence)^(1/n), at most `target` from this n on."""
+    if not 0 < target < 1:
+        raise ValueError(f"the target must be in (0, 1), got {target}")
+    n = math.ceil(math.log(1.0 - confidence) / math.log1p(-target))
+    while mismatch_upper_bound(0, n, confidence) > target:  # guard the float rounding of ceil
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- widths and budgets
+
+
+def step_scaled_gains(gains: Sequence[float], steps: Sequence[float],
+                      bits: Sequence[int]) -> list[float]:
+    """E·c² with Delta(B) = c·2^-B: the gain of eq. 6 in the units eq. 1 assumes.
+
+    Claim 1 equalizes the reflected noise E·Delta²/12 (Criterion 1); eq. 1 writes it with
+    Delta = 2^-(B-1), i.e. every tensor normalized to the range r = 1 (Appendix A). A tensor of
+    range r has Delta = r·2^-(B-1) (signed) or r·2^-B (unsigned), so its noise at B bits is
+    E·c²·4^-B/12 with c = Delta(B)·2^B; feeding E·c² into eq. 1 gives Criterion 1 for any
+    ranges (raw 0..255 pixels, say), and gives eq. 1 itself when every r = 1 (c = 2: a common
+    factor 4, which E_min cancels).
+    """
+    e = _positive(gains, "noise gains")
+    c = _positive(steps, "steps") * np.ldexp(1.0, np.asarray(bits))
+    return (e * c * c).tolist()
+
+
+def predicted_mismatch(scaled_gains: Sequence[float], bits: Sequence[int]) -> float:
+    """Sum of the reflected noise variances E·Delta²/12 of every quantized tensor (the
+    second-order surrogate of p_m behind eq. 6), with `step_scaled_gains`' E·c²."""
+    s = np.asarray(scaled_gains, dtype=np.float64)
+    return float(np.sum(s * np.ldexp(1.0, -2 * np.asarray(bits))) / 12.0)
+
+
+def allocate_widths(costs: Sequence[Sequence[int]], noises: Sequence[Sequence[float]],
+                    budget: int) -> list[int] | None:
+    """Exact multiple-choice knapsack: one option per item, total cost <= budget, least total
+    noise. Returns the chosen option index of every item, or None when nothing fits.
+
+    Dynamic programming over integer costs (divided by their common divisor first): best[c]
+    is the least noise of the items so far within cost c; each item takes, per c, the best
+    of its options. O(items x options x budget / gcd), exact.
+    """
+    flat = [int(c) for item in costs for c in item]
+    if any(c < 0 for c in flat):
+        raise ValueError("costs must be >= 0")
+    unit = math.gcd(*flat) or 1
+    cap = int(budget) // unit
+    if cap < 0 or sum(min(item) for item in costs) > budget:
+        return None
+    best = np.zeros(cap + 1)
+    choices = []
+    for item_costs, item_noises in zip(costs, noises):
+        new = np.full(cap + 1, np.inf)
+        pick = np.zeros(cap + 1, np.int16)
+        for j, (c, noise) in enumerate(zip(item_costs, item_noises)):
+            c //= unit
+            if c > cap:
+                continue
+            cand = np.full(cap + 1, np.inf)
+            cand[c:] = best[:cap + 1 - c] + noise
+            better = cand < new
+            new[better], pick[better] = cand[better], j
+        best = new
+        choices.append(pick)
+    if not np.isfinite(best[cap]):
+        return None
+    chosen, c = [], cap
+    for item_costs, pick in zip(reversed(costs), reversed(choices)):
+        j = int(pick[c])
+        chosen.append(j)
+        c -= int(item_costs[j]) // unit
+    return chosen[::-1]

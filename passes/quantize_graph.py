@@ -11,7 +11,12 @@ every float tensor (passes/calibrate.py). The result runs on backends/numpy_int 
 - Add of two tensors becomes `QAdd` (both inputs rescaled to the output format);
 - ops that only move codes (MaxPool, Reshape, Concat, ...) and average pools keep their format;
 - a tensor whose format differs from what its reader needs passes through `Requantize`;
-- float ops are allowed only after the last integer result (a final Softmax), behind Dequantize.
+- Softmax of codes becomes `QSoftmax` (exp tables, one integer division; probabilities as uint8
+  with scale 1/256, or int16 with scale 1/32768 where the tensor gets 16 bits);
+- Sigmoid, Tanh, HardSigmoid and HardSwish of codes become a lookup of a constant table (Gather):
+  the correctly rounded output code for every input code (inputs of more than TABLE_BITS bits
+  are requantized to TABLE_BITS first, so a table has at most 2^TABLE_BITS entries);
+- other float ops are allowed only after the last integer result, behind Dequantize.
 
 The format of a tensor follows from its readers: the input of layer l gets B_A(l) bits
 (seeds/001 eq. 1 chooses them), and its range from calibration (a power-of-two PDR for fixed
@@ -21,22 +26,29 @@ point). A tensor no weighted layer reads (the logits, a residual branch) gets th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from backends.numpy_int.kernels import CODE_PRESERVING, MAX_MULTIPLIER, storage_dtype
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, get_scheme
-from qcc.errors import QccError
-from qcc.ir import Graph, Node, Value
-from qcc.layers import WEIGHTED_OPS, weighted_nodes
-from qcc.registry import QCC_DOMAIN
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph, Node, Value
+from qcc.core.layers import WEIGHTED_OPS, output_channel_axis, weighted_nodes
+from qcc.core.numerics import lut
+from qcc.core.numerics.codes import CODE_PRESERVING, storage_dtype
+from qcc.core.numerics.rounding import int_range, round_half_away
+from qcc.core.numerics.softmax import SoftmaxTables, softmax_tables
+from qcc.core.quant_spec import QuantSpec
+from qcc.core.registry import QCC_DOMAIN, lookup
+from qcc.core.requant import multiplier_shift
+from qcc.core.shapes import infer_shapes
 
 SAME_FORMAT = CODE_PRESERVING + ("AveragePool", "GlobalAveragePool")
-MULTIPLIER_BITS = 23  # M = round(m · 2^23) for a real ratio m · 2^e, m in [0.5, 1)
+# elementwise ops that become a table lookup on codes (the float kernel fills the table)
+TABLE_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
+TABLE_BITS = 10
 
 
 @dataclass
@@ -47,6 +59,8 @@ class LayerConfig:
     # sign activations: the layer uses sign(x) ∈ {-1, +1} of its input and needs ±1 weights
     # (binary scheme); its dot products run as XNOR-popcounts (backends/numpy_int/xnor.py)
     binary_activations: bool = False
+    # trained weight codes and their format (passes/fold_quantizers.py), used as they are
+    weights: tuple[np.ndarray, CodeFormat] | None = None
 
 
 @dataclass
@@ -61,24 +75,6 @@ class QuantConfig:
     def layer(self, name: str) -> LayerConfig:
         return self.layers.get(name, LayerConfig(self.default_bits, self.default_bits,
                                                  self.scheme))
-
-
-def multiplier_shift(ratio: float) -> tuple[int, int]:
-    """(M, S) with ratio ≈ M · 2^-S, 1 <= M < 2^24, S >= 0; exact when ratio is a power of two."""
-    if not ratio > 0 or not math.isfinite(ratio):
-        raise QccError(f"cannot requantize by the ratio {ratio}")
-    mantissa, exponent = math.frexp(ratio)
-    if mantissa == 0.5:  # a power of two: a pure shift
-        e = exponent - 1
-        return (1, -e) if e <= 0 else (1 << e, 0)
-    m = round(mantissa * (1 << MULTIPLIER_BITS))
-    shift = MULTIPLIER_BITS - exponent
-    if shift < 0:
-        m <<= -shift
-        shift = 0
-    if m >= MAX_MULTIPLIER:
-        raise QccError(f"requantization ratio {ratio:.3g} is too large")
-    return m, min(shift, 62)
 
 
 class _Rewriter:
@@ -126,7 +122,20 @@ class _Rewriter:
             # of seeds/000 §B) helps inner activations, but on logits it flattens the largest
             # ones, which are the ones that decide the class.
             stats = replace(stats, chunk_lo=stats.lo, chunk_hi=stats.hi)
-        return get_scheme(scheme).activation(stats, bits or self.wanted_bits(value))
+        bits = bits or self.wanted_bits(value)
+        fmt = get_scheme(scheme).activation(stats, bits)
+        if value in self.src.inputs and fmt.levels is None and fmt.zero_point == 0 and \
+                _saturates(fmt, stats):
+            # Inputs often sit exactly at their calibrated maximum (pixels of 1.0, one-hot
+            # codes), and a power-of-two range r = max tops out one step below it
+            # (r·(1 − 2^-B) unsigned, r·(1 − 2^-(B−1)) signed): every such input would
+            # saturate. The next power-of-two range holds them (as calibrating on twice the
+            # range would), with one bit more so the step stays the same (at 16 bits, the
+            # step doubles instead); formats whose range follows the data (affine) keep theirs.
+            wider = replace(stats, lo=2 * stats.lo, hi=2 * stats.hi,
+                            chunk_lo=2 * stats.chunk_lo, chunk_hi=2 * stats.chunk_hi)
+            fmt = get_scheme(scheme).activation(wider, min(bits + 1, INPUT_MAX_BITS))
+        return fmt
 
     # -- emission -----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,
@@ -176,14 +185,21 @@ class _Rewriter:
 
     # -- node rewrites ------------------------------------------------------------------
     def run(self) -> Graph:
+        folded = set()
         for v in self.src.inputs:
             fmt = self.format_for(v, self.config.scheme)
             inp = self.out.add_value(Value(v.name, v.shape, v.dtype))
             self.out.inputs.append(inp)
-            self.codes[v.name] = (self.emit(
-                "Quantize", [inp], f"{v.name}_q", fmt,
-                {"scale": float(fmt.scales[0]), **_out_attrs(fmt)}, f"{v.name}_quantize"), fmt)
-        fused_readers = {r.name for r in self.fused_relu.values()}
+            attrs = {"scale": float(fmt.scales[0]), **_out_attrs(fmt)}
+            transpose = _leading_transpose(v, self.src)
+            if transpose is not None:  # NHWC input: the quantizer writes NCHW codes
+                attrs["perm"] = [int(p) for p in transpose.attrs["perm"]]
+                folded.add(transpose.name)
+            codes = self.emit("Quantize", [inp], f"{v.name}_q", fmt, attrs, f"{v.name}_quantize")
+            self.codes[v.name] = (codes, fmt)
+            if transpose is not None:
+                self.codes[transpose.outputs[0].name] = (codes, fmt)
+        fused_readers = {r.name for r in self.fused_relu.values()} | folded
         for node in self.src.nodes:
             if node.name in fused_readers:
                 continue
@@ -193,6 +209,10 @@ class _Rewriter:
                 self.add(node)
             elif node.op_type in SAME_FORMAT and node.inputs[0].name in self.codes:
                 self.same_format(node)
+            elif node.op_type == "Softmax" and node.inputs[0].name in self.codes:
+                self.softmax(node)
+            elif node.op_type in TABLE_OPS and node.inputs[0].name in self.codes:
+                self.table_op(node)
             else:
                 self.float_op(node)
         self.finish_outputs()
@@ -205,26 +225,29 @@ class _Rewriter:
         x_fmt = self.format_for(x, cfg.scheme, cfg.act_bits)
         x_codes = self.in_format(x, x_fmt, node.name)
         w = node.inputs[1].const.astype(np.float64)
-        trans = node.op_type == "Gemm" and node.attrs.get("transB", 0)
-        axis = 0 if node.op_type == "Conv" or trans else 1
+        axis = output_channel_axis(node)
+        trans = node.op_type == "Gemm" and axis == 0
         if node.op_type == "Gemm":
             w = w * node.attrs.get("alpha", 1.0)
             if node.attrs.get("transA", 0):
                 raise QccError(f"Gemm {node.name!r} with transA is not supported in integer form")
-        w_codes, w_fmt = scheme.weight(w, cfg.weight_bits, axis)
+        w_codes, w_fmt = cfg.weights or scheme.weight(w, cfg.weight_bits, axis)
         if cfg.binary_activations and w_fmt.levels != (-1, 1):
             raise QccError(f"layer {node.name!r}: binary activations need binary weights")
         # sign activations are ±1 (magnitude 1) whatever the format of the codes they come from
         x_scale = 1.0 if cfg.binary_activations else x_fmt.scales[0]
+        bias = node.input(2)
+        b = None
+        if bias is not None:
+            b = np.broadcast_to(bias.const.astype(np.float64), (w.shape[axis],))
+            b = b * (node.attrs.get("beta", 1.0) if node.op_type == "Gemm" else 1.0)
+            w_fmt = _bias_representable(w_fmt, b, x_scale)
         acc_scale = x_scale * np.broadcast_to(w_fmt.scales, (w.shape[axis],))
         value, out_fmt, relu = self.output_format(node, cfg.scheme)
         inputs = [x_codes, self.const(f"{node.name}_w", w_codes.astype(
             storage_dtype(int(w_codes.min(initial=0)), int(w_codes.max(initial=0)))), w_fmt.spec)]
-        bias = node.input(2)
-        if bias is not None:
-            b = np.broadcast_to(bias.const.astype(np.float64), (w.shape[axis],))
-            b = b * (node.attrs.get("beta", 1.0) if node.op_type == "Gemm" else 1.0)
-            inputs.append(self.const(f"{node.name}_b", np.round(b / acc_scale).astype(np.int32)))
+        if b is not None:
+            inputs.append(self.const(f"{node.name}_b", _bias_codes(b, acc_scale, node)))
         pairs = [multiplier_shift(float(r)) for r in acc_scale / out_fmt.scales[0]]
         attrs = {"x_zero_point": x_fmt.zero_point, "multiplier": [m for m, _ in pairs],
                  "shift": [s for _, s in pairs], "relu": int(relu), **_out_attrs(out_fmt)}
@@ -268,11 +291,74 @@ class _Rewriter:
             raise QccError(f"Relu {node.name!r} on zero-point codes must be fused")
         outs = [Value(self.out.unique_name(o.name), None, inputs[0].dtype, quant=fmt.spec)
                 for o in node.outputs]
-        self.out.add_node(node.op_type, inputs, outs, dict(node.attrs), node.name)
+        op_type, attrs = node.op_type, dict(node.attrs)
+        perm = [int(p) for p in attrs.get("perm", [])]
+        if op_type == "Transpose" and perm and _unit_dims_only(node.inputs[0].shape, perm):
+            # only unit dims move (an NHWC flatten after a global pool): the same bytes
+            shape = [0] + [int(node.inputs[0].shape[p]) for p in perm[1:]]
+            inputs.append(self.const(self.out.unique_name(f"{node.name}_shape"),
+                                     np.asarray(shape, dtype=np.int64)))
+            op_type, attrs = "Reshape", {}
+        self.out.add_node(op_type, inputs, outs, attrs, node.name)
         if node.op_type in ("AveragePool", "GlobalAveragePool"):
             outs[0] = self.snap(outs[0], fmt, node.name)  # a mean of levels is not a level
         for o, new in zip(node.outputs, outs):
             self.codes[o.name] = (new, fmt)
+
+    def softmax(self, node: Node) -> None:
+        """QSoftmax on the input's codes (qcc.core.numerics.softmax: within one LSB of the
+        correctly rounded float Softmax)."""
+        codes, fmt = self.codes[node.inputs[0].name]
+        if fmt.scales.size != 1:
+            raise QccError(f"Softmax {node.name!r}: its input needs one scale")
+        value = node.outputs[0]
+        wide = self.wanted_bits(value) >= 16
+        signed = wide  # int16 with scale 1/32768, or uint8 with scale 1/256
+        tables = softmax_tables(float(fmt.scales[0]), _code_bits(fmt), 16 if wide else 8, signed)
+        out_fmt = _probability_format(self.config.scheme, tables)
+        flatten = node.opset < 13
+        axis = int(node.attrs.get("axis", 1 if flatten else -1))
+        low = self.const(self.out.unique_name(f"{node.name}_exp_low"),
+                         tables.low.astype(np.int32))
+        high = self.const(self.out.unique_name(f"{node.name}_exp_high"),
+                          tables.high.astype(np.int32))
+        attrs = {"axis": axis, "flatten": int(flatten), "out_frac_bits": tables.out_frac_bits,
+                 **_out_attrs(out_fmt)}
+        self.codes[value.name] = (self.emit("QSoftmax", [codes, low, high], value.name, out_fmt,
+                                            attrs, node.name), out_fmt)
+
+    def table_op(self, node: Node) -> None:
+        """An elementwise nonlinearity as a lookup: entry c holds the correctly rounded output
+        code of input code c (negative codes wrap, as Gather indices do)."""
+        x = node.inputs[0]
+        codes, fmt = self.codes[x.name]
+        if _code_bits(fmt) > TABLE_BITS or fmt.scales.size != 1:
+            fmt = self.format_for(x, self.config.scheme, TABLE_BITS)
+            codes = self.in_format(x, fmt, node.name)
+        value = node.outputs[0]
+        out_fmt = self.format_for(value, self.config.scheme)
+        if out_fmt.levels is not None or out_fmt.scales.size != 1:
+            raise QccError(f"{node.op_type} {node.name!r}: a table op needs a uniform output "
+                           "format (fixed or affine)")
+        kernel = lookup(node).kernel
+        grid = np.arange(fmt.lo, fmt.hi + 1, dtype=np.int64)
+        src = lut.CodeFormat(float(fmt.scales[0]), fmt.zero_point, _code_bits(fmt), fmt.lo < 0)
+        dst = lut.CodeFormat(float(out_fmt.scales[0]), out_fmt.zero_point,
+                             _code_bits(out_fmt), out_fmt.lo < 0)
+
+        def f(v: np.ndarray) -> np.ndarray:
+            return np.asarray(kernel(node, v.astype(np.float32)), dtype=np.float64)
+
+        entries = lut.correctly_rounded(f, grid, src, dst)
+        entries = np.clip(entries, out_fmt.lo, out_fmt.hi)
+        table = self.const(self.out.unique_name(f"{node.name}_table"),
+                           np.roll(entries, fmt.lo).astype(storage_dtype(out_fmt.lo,
+                                                                         out_fmt.hi)))
+        out = Value(self.out.unique_name(f"{value.name}_codes"), None, table.dtype,
+                    quant=out_fmt.spec)
+        self.out.add_node("Gather", [table, codes], [out], {"axis": 0},
+                          self.out.unique_node_name(node.name))
+        self.codes[value.name] = (out, out_fmt)
 
     def float_op(self, node: Node) -> None:
         """A float op is allowed only on dequantized values that lead to outputs alone."""
@@ -280,8 +366,8 @@ class _Rewriter:
             raise QccError(f"op {node.op_type} (node {node.name!r}) has no integer form in qcc; "
                            "float ops may only follow the last integer result")
         inputs = [self.dequantized(v) if v is not None else None for v in node.inputs]
-        outs = [Value(o.name if o in self.src.outputs else self.out.unique_name(o.name),
-                      o.shape, o.dtype) for o in node.outputs]
+        outs = [Value(self.output_name(o.name) if o in self.src.outputs else
+                      self.out.unique_name(o.name), o.shape, o.dtype) for o in node.outputs]
         self.out.add_node(node.op_type, inputs, outs, dict(node.attrs), node.name)
         for o, new in zip(node.outputs, outs):
             self.float_tail[o.name] = new
@@ -292,7 +378,8 @@ class _Rewriter:
         if v.name in self.float_tail:
             return self.float_tail[v.name]
         codes, fmt = self.codes[v.name]
-        name = v.name if v in self.src.outputs else self.out.unique_name(f"{v.name}_dq")
+        name = self.output_name(v.name) if v in self.src.outputs else \
+            self.out.unique_name(f"{v.name}_dq")
         out = Value(name, v.shape, np.dtype(np.float32))
         self.out.add_node("Dequantize", [codes], [out],
                           {"scale": float(fmt.scales[0]), "zero_point": fmt.zero_point},
@@ -301,9 +388,29 @@ class _Rewriter:
         self.float_tail[v.name] = out
         return out
 
+    def output_name(self, name: str) -> str:
+        """A graph output keeps its name: a value made earlier under that name (the codes of
+        a Relu writing the output, say) is renamed."""
+        taken = self.out.values.get(name)
+        if taken is not None and taken.producer is not None:
+            del self.out.values[name]
+            taken.name = self.out.unique_name(f"{name}_codes")
+            self.out.values[taken.name] = taken
+        return name
+
     def finish_outputs(self) -> None:
         for v in self.src.outputs:
             self.out.outputs.append(self.dequantized(v))
+
+
+INPUT_MAX_BITS = 16  # a graph input widened to hold its calibrated maximum stays within this
+
+
+def _saturates(fmt: CodeFormat, stats: TensorStats) -> bool:
+    """Whether the calibrated extremes round (half away from zero) outside fmt's codes."""
+    scale = float(fmt.scales.max())
+    return any(not fmt.lo <= round_half_away(np.float64(x) / scale) + fmt.zero_point <= fmt.hi
+               for x in (stats.lo, stats.hi))
 
 
 def _level_table(fmt: CodeFormat) -> np.ndarray:
@@ -315,6 +422,72 @@ def _level_table(fmt: CodeFormat) -> np.ndarray:
     nearest = np.where(grid >= 0, levels[np.searchsorted(midpoints, grid, side="left")],
                        levels[np.searchsorted(midpoints, grid, side="right")])
     return np.roll(nearest, fmt.lo).astype(storage_dtype(fmt.lo, fmt.hi))
+
+
+BIAS_HEADROOM = 2.0 ** 30  # bias codes stay below 2^30 accumulator steps, inside int32
+
+
+def _bias_representable(w_fmt: CodeFormat, b: np.ndarray, x_scale: float) -> CodeFormat:
+    """Binary and ternary codes do not depend on α: a channel whose α is so small that its bias
+    would need more than 2^30 accumulator steps (a dead channel, weights ~1e-30 after BatchNorm
+    folding) gets the smallest α that holds the bias. Its weights then add at most
+    n·max|x|·|b|/(x_scale·2^30) to an output of size |b|: a 2^-30 fraction per accumulated code."""
+    if w_fmt.spec.format not in ("binary", "ternary"):
+        return w_fmt
+    scales = np.broadcast_to(w_fmt.scales, b.shape)
+    needed = np.abs(b) / (x_scale * BIAS_HEADROOM)
+    if np.all(scales >= needed):
+        return w_fmt
+    return replace(w_fmt, scale=tuple(float(s) for s in np.maximum(scales, needed)))
+
+
+def _bias_codes(b: np.ndarray, acc_scale: np.ndarray, node: Node) -> np.ndarray:
+    """The bias at the accumulator scale Δ_A·Δ_W as int32, or one clear error where it cannot
+    be (a NaN/Inf bias, or a bias beyond 2^31 accumulator steps), never a silent wrap."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        codes = np.round(b / acc_scale)
+    if not np.all(np.isfinite(codes)) or np.abs(codes).max(initial=0) > np.iinfo(np.int32).max:
+        raise QccError(f"layer {node.name!r}: its bias does not fit int32 at the accumulator "
+                       "scale (a NaN or Inf bias, or weights far smaller than the bias)")
+    return codes.astype(np.int32)
+
+
+def _leading_transpose(value: Value, graph: Graph) -> Node | None:
+    """The Transpose that is a graph input's only reader (a model exported from TFLite/Keras
+    taking NHWC), folded into the input quantizer so no transpose copy runs on the codes."""
+    readers = value.consumers
+    if len(readers) != 1 or readers[0].op_type != "Transpose" or value in graph.outputs:
+        return None
+    node = readers[0]
+    if "perm" not in node.attrs or node.outputs[0] in graph.outputs:
+        return None
+    return node
+
+
+def _unit_dims_only(shape: tuple[int, ...] | None, perm: list[int]) -> bool:
+    """Whether a Transpose of `shape` keeps its non-unit dims in order: a reshape in memory."""
+    if shape is None or perm[0] != 0 or any(d is None or d < 0 for d in shape[1:]):
+        return False
+    moved = [p for p in perm if p == 0 or shape[p] != 1]
+    return moved == sorted(moved)
+
+
+def _code_bits(fmt: CodeFormat) -> int:
+    """The width of a format's code range [lo, hi] (narrow ranges round up)."""
+    return max(1, (fmt.hi - fmt.lo).bit_length())
+
+
+def _probability_format(scheme: str, tables: SoftmaxTables) -> CodeFormat:
+    """Softmax output codes: fixed point with range 1 (step 2^-P), or affine with the same scale
+    and zero point for the affine scheme; other schemes' activations use the fixed form."""
+    lo, hi = int_range(tables.out_bits, tables.out_signed)
+    step = 2.0 ** -tables.out_frac_bits
+    if scheme == "affine":
+        spec = QuantSpec("affine", tables.out_bits, tables.out_signed, scale=step,
+                         zero_point=tables.out_zero_point)
+    else:
+        spec = QuantSpec("fixed", tables.out_bits, tables.out_signed, pdr=1.0)
+    return CodeFormat(step, tables.out_zero_point, lo, hi, spec)
 
 
 def _out_attrs(fmt: CodeFormat) -> dict:
@@ -348,6 +521,7 @@ def quantize_graph(graph: Graph, stats: dict[str, TensorStats], config: QuantCon
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
                        "weights) to quantize")
     out = _Rewriter(graph, stats, config).run()
+    infer_shapes(out)  # every code tensor's shape and storage type, for the backends
     out.history = graph.history + [f"quantize_graph: {len(weighted_nodes(graph))} weighted "
                                    f"layers, scheme {config.scheme}"]
     return out

@@ -14,37 +14,45 @@ works out everything about a train step that does not depend on the data:
   integer codes relate to the real gradient (`GradRep`): value = codes · 2^exp / divisor, times
   1/N (the batch) until the first rounding point. Every shift and divisor of the backward pass
   is therefore known here, once, and checked (stochastic shifts <= 31 bits, divisors < 2^32);
-- per-sample tensor shapes (a probe forward), so the C side can size its gradient buffers.
+- per-sample tensor shapes (qcc.core.shapes, batch 1), so the C side can size its buffers.
 
-Supported: fixed-point activations (power-of-two steps, zero point 0) and fixed-point or binary
-(±1 · α_c) weights; backward through MaxPool, GlobalMaxPool, (Global)AveragePool with one window
-count, Relu, Flatten/Reshape/Squeeze/Unsqueeze/Identity/Dropout/Transpose, Concat, Requantize and
-QAdd. The logits are the input of the output's Dequantize. backends/numpy_int/train_step.py
-executes the program; its module docstring is the arithmetic specification.
+Every op takes part through its registry entry `train_rule` (a `TrainRule`, registered at the
+end of this file): weighted layers (QConv, incl. grouped / depthwise, and QGemm) and the ops the
+gradient passes through (MaxPool, GlobalMaxPool, (Global)AveragePool with one window count,
+Relu, Flatten/Reshape/Squeeze/Unsqueeze/Identity/Dropout/Transpose, Concat, Requantize, QAdd).
+Each backend registers its integer backward of the same ops next to it (`int_vjp`:
+backends/numpy_int/training/vjps.py; `c_train`: backends/c/train_ops.py), so both walk this one
+plan. Supported formats: fixed-point activations (power-of-two steps, zero point 0) and
+fixed-point or binary (±1 · α_c) weights on trained and gradient-carrying layers; layers before
+the first trained one only run forward (any format the backends run). The logits are the input
+of the output's Dequantize. backends/numpy_int/train_step.py executes the program; its module
+docstring is the arithmetic specification.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from backends.numpy_int.interpreter import run_integer
-from qcc.errors import QccError
-from qcc.ir import Graph, Node, Value
-from qcc.numerics.fixed import FixedFormat
+from passes.quantize_graph import multiplier_shift
+from qcc.core.errors import QccError, UnsupportedOpError
+from qcc.core.ir import Graph, Node, Value
+from qcc.core.numerics.fixed import FixedFormat
+from qcc.core.numerics.rounding import RngState
+from qcc.core.registry import OPS, registered, training_entry
+from qcc.core.shapes import value_types
 
 UPDATE_RULES = ("fx", "bc", "sr", "r")
-WEIGHTED_INT = ("QConv", "QGemm")
-PASS_THROUGH = ("MaxPool", "GlobalMaxPool", "Relu", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
-                "Identity", "Dropout", "Transpose", "Concat", "Requantize", "QAdd",
-                "GlobalAveragePool", "AveragePool")
-CE_FRAC_BITS = 24  # the softmax cross-entropy gradient is formed in Q.24 (training/softmax_ce.py)
-MAX_STOCHASTIC_SHIFT = 31  # qcc.numerics.rounding.stochastic_round_shift draws 32-bit numbers
+CE_FRAC_BITS = 24  # the softmax cross-entropy gradient in Q.24 (qcc/core/numerics/softmax_ce.py)
+MAX_STOCHASTIC_SHIFT = 31  # qcc.core.numerics.rounding.stochastic_round_shift draws 32-bit numbers
 ALPHA_BITS = 23  # binary layers: α_c ≈ alpha_mult_c · 2^-alpha_shift, multipliers < 2^24
 PRECISION_KEYS = ("B_W", "B_A", "B_GW", "B_GA", "B_acc")
+I64 = NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,36 @@ class TrainingProgram:
                 "shapes": {k: list(v) for k, v in self.shapes.items()}}
 
 
+@dataclass
+class TrainState:
+    """The mutable training state besides the graph's weight and bias codes (the layout is
+    backends/numpy_int/train_step.py's module docstring; both backends start from it)."""
+
+    acc: dict[str, I64]
+    bias_master: dict[str, I64]
+    rng: RngState
+    step: int = 0
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {f"acc.{k}": v.astype(np.int32)
+                                         for k, v in self.acc.items()}
+        arrays.update({f"bias_master.{k}": v.astype(np.int32)
+                       for k, v in self.bias_master.items()})
+        arrays.update(rng_seed=np.uint32(self.rng.seed), rng_counter=np.uint32(self.rng.counter),
+                      step=np.uint32(self.step & 0xFFFFFFFF))
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrainState:
+        def part(prefix: str) -> dict[str, I64]:
+            return {k[len(prefix):]: np.asarray(v, np.int64) for k, v in arrays.items()
+                    if k.startswith(prefix)}
+
+        return cls(part("acc."), part("bias_master."),
+                   RngState(int(arrays["rng_seed"]), int(arrays["rng_counter"])),
+                   int(arrays["step"]))
+
+
 # -- formats ----------------------------------------------------------------------------------
 def _fixed(value: Value, what: str, layer: str) -> FixedFormat:
     spec = value.quant
@@ -239,8 +277,6 @@ def _binary_alpha(node: Node, x_exp: int, out_exp: int, channels: int
 def _bias_conversion(master_exp: int, bias_exps: np.ndarray) -> tuple[tuple[int, ...],
                                                                        tuple[int, ...]]:
     """(M_c, S_c) with 2^master_exp / Δ_bias_c ≈ M_c 2^-S_c (exact for power-of-two steps)."""
-    from passes.quantize_graph import multiplier_shift
-
     pairs = [multiplier_shift(2.0 ** (master_exp - float(e))) for e in bias_exps]
     return tuple(m for m, _ in pairs), tuple(s for _, s in pairs)
 
@@ -255,7 +291,7 @@ def _layer_program(node: Node, out_value: Value, trainable: bool, update: str,
         raise QccError(f"layer {name!r}: training needs activations without a zero point")
     x_fmt = _fixed(node.inputs[0], "activations", name)
     w_val = node.inputs[1]
-    channel_axis = 0 if node.op_type == "QConv" or node.attrs.get("transB", 0) else 1
+    channel_axis = train_rule(node).channel_axis(node)
     channels = w_val.const.shape[channel_axis]
     precision, ga_exp, gw_exp, acc_exp = _gradient_formats(node)
     binary = w_val.quant is not None and w_val.quant.format == "binary"
@@ -263,7 +299,7 @@ def _layer_program(node: Node, out_value: Value, trainable: bool, update: str,
         raise QccError(f"layer {name!r} has binary weights: use --update bc, sr or r (fx needs "
                        "fixed-point weights)")
     weights = (_binary_weights(node, x_fmt, _fixed(out_value, "activations", name), channels,
-                               acc_exp) if binary else
+                               acc_exp, channel_axis) if binary else
                _fixed_weights(node, x_fmt, channels, acc_exp, update))
     bias_master_exp = acc_exp + ga_exp - gw_exp
     bias_mult, bias_shift = _bias_conversion(bias_master_exp, weights.pop("bias_exps"))
@@ -297,10 +333,11 @@ def _fixed_weights(node: Node, x_fmt: FixedFormat, channels: int, acc_exp: int,
 
 
 def _binary_weights(node: Node, x_fmt: FixedFormat, out_fmt: FixedFormat, channels: int,
-                    acc_exp: int) -> dict[str, Any]:
+                    acc_exp: int, channel_axis: int) -> dict[str, Any]:
     """Weight fields of a ±α_c layer: α_c as integers, and in accumulator units."""
-    if node.op_type == "QGemm" and not node.attrs.get("transB", 0):
-        raise QccError(f"layer {node.name!r}: binary Gemm weights must be stored transposed")
+    if channel_axis != 0:
+        raise QccError(f"layer {node.name!r}: binary weights must be stored output channel "
+                       "first (Gemm: transposed)")
     alpha_mult, alpha_shift = _binary_alpha(node, x_fmt.step_exp, out_fmt.step_exp, channels)
     alpha = np.asarray(alpha_mult, np.float64) * 2.0 ** -alpha_shift
     alpha_acc = tuple(max(1, int(round(a * 2.0 ** -acc_exp))) for a in alpha)
@@ -313,28 +350,34 @@ def _binary_weights(node: Node, x_fmt: FixedFormat, out_fmt: FixedFormat, channe
 
 
 def _logits(graph: Graph) -> tuple[Value, int]:
-    """The codes the loss is taken on: the input of the Dequantize feeding the first output."""
-    for node in graph.nodes:
-        if node.op_type == "Dequantize" and node.outputs[0] in graph.outputs[:1]:
-            return node.inputs[0], int(round(math.log2(float(node.attrs["scale"]))))
-    # a final Softmax after the Dequantize: take the Dequantize it reads
-    out = graph.outputs[0].producer
-    if out is not None and out.op_type in ("Softmax", "LogSoftmax"):
-        src = out.inputs[0].producer
-        if src is not None and src.op_type == "Dequantize":
-            return src.inputs[0], int(round(math.log2(float(src.attrs["scale"]))))
+    """The codes the loss is taken on: the input of the Dequantize making the first output,
+    or the one a final Softmax / LogSoftmax reads (the ops' `loss_edge` rules)."""
+    producer = graph.outputs[0].producer
+    while producer is not None:
+        entry = registered(producer.op_type)
+        rule = entry.train_rule if entry is not None else None
+        if not isinstance(rule, LossEdge):
+            break
+        if rule.dequantizes:
+            scale = float(producer.attrs["scale"])
+            return producer.inputs[0], int(round(math.log2(scale)))
+        producer = producer.inputs[0].producer
     raise QccError("training needs the model's first output to be dequantized logits "
                    "(optionally followed by Softmax)")
 
 
-def probe_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of every tensor, from one integer forward on a zero sample."""
+def sample_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of every non-constant tensor, by shape inference at batch 1."""
     inp = graph.inputs[0]
     shape = tuple(d if d > 0 else 1 for d in inp.shape[1:])
-    env, _ = run_integer(graph, {inp.name: np.zeros((1, *shape), inp.dtype)}, check=False,
-                         keep_all=True)
-    return {name: tuple(np.shape(a))[1:] for name, a in env.items()
-            if name in graph.values and not graph.values[name].is_const}
+    types = value_types(graph, {inp.name: (1, *shape)})
+    shapes = {}
+    for name, t in types.items():
+        if name in graph.values and not graph.values[name].is_const:
+            if t.shape is None or any(d < 0 for d in t.shape):
+                raise QccError(f"training needs static shapes; tensor {name!r} has {t.shape}")
+            shapes[name] = tuple(int(d) for d in t.shape[1:])
+    return shapes
 
 
 def _trainable_ancestry(graph: Graph, trainable: set[str]) -> set[str]:
@@ -346,20 +389,92 @@ def _trainable_ancestry(graph: Graph, trainable: set[str]) -> set[str]:
     return seen
 
 
-def backward_rep(node: Node, rep: GradRep, shapes: dict[str, tuple[int, ...]],
+# -- the ops' static backward (registry entries `train_rule`) ----------------------------------
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class TrainRule:
+    """How one op takes part in the backward walk. `rep` gives the representation of the
+    gradient the node hands to its activation inputs from the one arriving at its output;
+    a weighted op (`channel_axis` set: the output-channel axis of its weight) rounds there
+    instead (its LayerProgram's dx_rep)."""
+
+    rep: Callable[[Node, GradRep, Shapes], GradRep]
+    channel_axis: Callable[[Node], int] | None = None
+
+    @property
+    def weighted(self) -> bool:
+        return self.channel_axis is not None
+
+
+def _same_rep(node: Node, rep: GradRep, shapes: Shapes) -> GradRep:
+    return rep  # the gradient of the real value moves (or is masked) unchanged
+
+
+def _global_average_rep(node: Node, rep: GradRep, shapes: Shapes) -> GradRep:
+    count = int(np.prod(shapes[node.inputs[0].name][1:]))
+    return GradRep(rep.exp, rep.divisor * count, rep.per_batch)
+
+
+def _average_rep(node: Node, rep: GradRep, shapes: Shapes) -> GradRep:
+    return GradRep(rep.exp, rep.divisor * _uniform_pool_count(node), rep.per_batch)
+
+
+def _weighted_rep(node: Node, rep: GradRep, shapes: Shapes) -> GradRep:
+    raise QccError(f"layer {node.name!r}: a weighted layer's input gradient is its dx_rep")
+
+
+@dataclass(frozen=True)
+class LossEdge:
+    """The ops between the logits codes and the model's output: the Dequantize whose input the
+    loss is taken on (`dequantizes`), and a final (Log)Softmax the loss replaces."""
+
+    dequantizes: bool
+
+
+training_entry("train_rule", "Dequantize")(LossEdge(True))
+training_entry("train_rule", "Softmax", "LogSoftmax")(LossEdge(False))
+
+for _ops, _rule in (
+        (("QConv",), TrainRule(_weighted_rep, lambda node: 0)),
+        (("QGemm",), TrainRule(_weighted_rep,
+                               lambda node: 0 if node.attrs.get("transB", 0) else 1)),
+        (("MaxPool", "GlobalMaxPool", "Relu", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
+          "Identity", "Dropout", "Transpose", "Concat", "Requantize", "QAdd"),
+         TrainRule(_same_rep)),
+        (("GlobalAveragePool",), TrainRule(_global_average_rep)),
+        (("AveragePool",), TrainRule(_average_rep))):
+    training_entry("train_rule", *_ops)(_rule)
+
+
+def train_rule(node: Node) -> TrainRule:
+    """The op's TrainRule, or one QccError naming the op, the node and the supported ops."""
+    entry = registered(node.op_type)
+    rule = entry.train_rule if entry is not None else None
+    if not isinstance(rule, TrainRule):
+        known = sorted(op for op, d in OPS.items() if isinstance(d.train_rule, TrainRule))
+        raise UnsupportedOpError(f"op {node.op_type} (node {node.name!r}) has no integer "
+                                 f"backward; training supports {', '.join(known)}")
+    return rule
+
+
+def is_weighted(node: Node) -> bool:
+    """Whether `node` is a weighted layer training can update (QConv, QGemm)."""
+    entry = registered(node.op_type)
+    rule = entry.train_rule if entry is not None else None
+    return isinstance(rule, TrainRule) and rule.weighted
+
+
+def backward_rep(node: Node, rep: GradRep, shapes: Shapes,
                  layer: LayerProgram | None = None) -> GradRep:
     """The representation of the gradient a node hands to its (activation) inputs, given the
-    one arriving at its output. Shared by the pass (statically) and the executor."""
+    one arriving at its output. Shared by the pass (statically) and the executors."""
     if layer is not None:  # after the rounding point: G_A codes at ga_exp
         if layer.binary:
             return GradRep(layer.ga_exp - layer.alpha_shift)
         return GradRep(layer.ga_exp + layer.w_exp)
-    if node.op_type == "GlobalAveragePool":
-        count = int(np.prod(shapes[node.inputs[0].name][1:]))
-        return GradRep(rep.exp, rep.divisor * count, rep.per_batch)
-    if node.op_type == "AveragePool":
-        return GradRep(rep.exp, rep.divisor * _uniform_pool_count(node), rep.per_batch)
-    return rep
+    return train_rule(node).rep(node, rep, shapes)
 
 
 def _uniform_pool_count(node: Node) -> int:
@@ -397,7 +512,7 @@ def build_training_program(integer: Graph, options: TrainOptions) -> TrainingPro
     layer or op when the graph cannot be trained."""
     names, chosen = _chosen_layers(integer, options)
     logits, logits_exp = _logits(integer)
-    shapes = probe_shapes(integer)
+    shapes = sample_shapes(integer)
     ancestry = _trainable_ancestry(integer, chosen)
     if logits.name not in ancestry:
         raise QccError("the trainable layers do not reach the logits")
@@ -420,7 +535,7 @@ def _chosen_layers(integer: Graph, options: TrainOptions) -> tuple[list[str], se
     """(every weighted layer, the trainable ones), refusing names the graph does not have."""
     if len(integer.inputs) != 1:
         raise QccError("training needs a model with one input")
-    names = [n.name for n in integer.nodes if n.op_type in WEIGHTED_INT]
+    names = [n.name for n in integer.nodes if is_weighted(n)]
     if not names:
         raise QccError("the model has no weighted layer (QConv / QGemm) to train")
     chosen = set(names) if options.trainable is None else set(options.trainable)
@@ -440,7 +555,7 @@ def _visit(node: Node, options: TrainOptions, chosen: set[str], ancestry: set[st
     """One node of the backward walk: its LayerProgram (weighted) and its inputs' GradReps."""
     out = node.outputs[0]
     layer = None
-    if node.op_type in WEIGHTED_INT:
+    if train_rule(node).weighted:
         propagate = node.inputs[0].name in ancestry
         layer = _layer_program(node, out, node.name in chosen, options.rule(node.name),
                                propagate)
@@ -451,9 +566,6 @@ def _visit(node: Node, options: TrainOptions, chosen: set[str], ancestry: set[st
         if not propagate:
             layers[node.name] = replace(layer, in_rep=reps[out.name])
             return
-    elif node.op_type not in PASS_THROUGH:
-        raise QccError(f"op {node.op_type} (node {node.name!r}) has no integer backward; "
-                       f"training supports {', '.join(WEIGHTED_INT + PASS_THROUGH)}")
     rep = backward_rep(node, reps[out.name], shapes, layer)
     if layer is not None:
         layers[node.name] = replace(layer, in_rep=reps[out.name], dx_rep=rep)

@@ -32,5 +32,5 @@ def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_qcc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `qcc ARGS...` in a subprocess, exactly as a user's shell would."""
-    return subprocess.run([sys.executable, "-m", "qcc.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "qcc", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)

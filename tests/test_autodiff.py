@@ -1,4 +1,4 @@
-"""qcc.autodiff: whole-graph gradients against central finite differences in float64.
+"""qcc.core.autodiff: whole-graph gradients against central finite differences in float64.
 
 The digits CNN of examples/digits is converted to DOUBLE tensors and its loss gradient w.r.t.
 every weight and bias is checked element by element.
@@ -14,18 +14,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcc import zoo
-from qcc.autodiff import (
+from qcc.core.autodiff import (
     backward,
     gradient_names,
     layer_tensors,
     logits_value,
     softmax_cross_entropy,
 )
-from qcc.float_exec import run_float
-from qcc.ir import Graph
-from qcc.layers import weighted_layers
-from qcc.onnx_import import import_model
-from qcc.train import trainable_parameters
+from qcc.core.float_exec import run_float
+from qcc.core.float_train import trainable_parameters
+from qcc.core.ir import Graph
+from qcc.core.layers import weighted_layers
+from qcc.core.onnx_import import import_model
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 

@@ -132,13 +132,20 @@ def test_model_without_weighted_layer(tmp_path: Path) -> None:
 
 
 def test_unreachable_pm_target(tmp_path: Path) -> None:
+    """Enough held-out samples (350 >= 299) to certify 1 %, but no precision reaches it; and
+    8 held-out samples can never certify 1 % (the Clopper-Pearson bound of 0 of 8 is 31 %)."""
     out = tmp_path / "out"
     model = _near_tie_model(tmp_path / "tie.onnx")
-    calib = _npz(tmp_path / "c.npz", x=np.random.default_rng(0).uniform(
-        1, 2, (16, 4)).astype(np.float32))
+    x = np.random.default_rng(0).uniform(1, 2, (700, 4)).astype(np.float32)
+    calib = _npz(tmp_path / "c.npz", x=x)
     assert_failed_cleanly(run_qcc("compile", model, "--bits", "auto", "--calib", calib,
                                   "--pm-target", "0.01", "-o", out), out,
-                          "no B_min up to 16 bits meets the p_m target")
+                          "no B_min up to 16 bits certifies p_m <= 1 %")
+    few = _npz(tmp_path / "few.npz", x=x[:16])
+    assert_failed_cleanly(run_qcc("compile", model, "--bits", "auto", "--calib", few,
+                                  "--pm-target", "0.01", "-o", out), out,
+                          "cannot be certified with 8 held-out samples",
+                          "at least 299 held-out samples")
 
 
 def test_existing_outdir_survives_a_failed_compile(digits_8bit: Path, tmp_path: Path) -> None:

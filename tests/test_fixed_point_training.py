@@ -20,20 +20,21 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from backends.numpy_int.training.experiment import (
+from backends.numpy_int.training.loop import power_of_two_schedule
+from passes import run_passes
+from passes.annotate_precision import annotate_precision
+from passes.quantize_graph import LayerConfig
+from passes.training_program import TrainOptions
+from qcc.core.float_train import TrainConfig, accuracy, train
+from qcc.core.onnx_import import import_model
+from qcc.driver.evaluate import integer_decisions
+from qcc.driver.train_experiment import (
     binary_config,
     gradient_rows,
     perturb_config,
     perturb_rows,
     train_from_scratch,
 )
-from backends.numpy_int.training.loop import power_of_two_schedule
-from passes import run_passes
-from passes.annotate_precision import annotate_precision
-from passes.quantize_graph import LayerConfig
-from passes.training_program import TrainOptions
-from qcc.onnx_import import import_model
-from qcc.train import TrainConfig, accuracy, train
 from tests.conftest import run_qcc
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
@@ -58,8 +59,8 @@ class Setup:
         self.config = TrainConfig(**{**md.CONFIG.__dict__, "epochs": epochs, "progress": False})
         self.trained = run_passes(import_model(DIGITS / "digits.onnx"), ["fold_batchnorm"])
         self.initial = import_model(md.build_model())
-        self.auto = annotate_precision(self.trained, self.splits["calib"][0], 0.01,
-                                       *self.splits["train"])
+        self.auto = annotate_precision(self.trained, self.splits["calib"][0], integer_decisions,
+                                       0.01, *self.splits["train"])
         float_run = copy.deepcopy(self.initial)
         with threadpool_limits(limits=1, user_api="blas"):
             self.baseline = train(float_run, *self.splits["train"], self.config)

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 
 from qcc import zoo
-from qcc.float_exec import run_float
-from qcc.ir import Graph, Value
-from qcc.onnx_export import export_model, read_annotations
-from qcc.onnx_import import import_model
-from qcc.quant_spec import QuantSpec
+from qcc.core.float_exec import run_float
+from qcc.core.ir import Graph, Value
+from qcc.core.onnx_export import export_model, read_annotations
+from qcc.core.onnx_import import import_model
+from qcc.core.quant_spec import QuantSpec
 
 
 def small_graph() -> Graph:

@@ -28,8 +28,8 @@ from onnx import helper, numpy_helper
 from onnx.backend.test.runner import Runner
 from threadpoolctl import threadpool_limits
 
-from qcc.float_exec import run_float
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = sorted(p.stem for p in LIGHT.glob("light_*.onnx"))

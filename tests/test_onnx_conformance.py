@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from onnx.backend.test.case.test_case import TestCase
 
-from qcc import conformance
-from qcc.errors import UnsupportedOpError
-from qcc.ir import Node
-from qcc.registry import OPS, lookup, supported_ops
+from qcc.core.errors import UnsupportedOpError
+from qcc.core.ir import Node
+from qcc.core.registry import OPS, lookup, supported_ops
+from qcc.driver import conformance
 
 CASES = {kind: conformance.load_cases(kind) for kind in conformance.KINDS}
 SUPPORTED = set(supported_ops())
@@ -99,7 +99,8 @@ def test_nan_in_expected_output_equals_nan() -> None:
 
 
 def test_command_line_reports_and_exits_zero() -> None:
-    proc = subprocess.run([sys.executable, "-m", "qcc.conformance", "--kind", "pytorch-operator"],
+    proc = subprocess.run([sys.executable, "-m", "qcc.driver.conformance", "--kind",
+                           "pytorch-operator"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "pytorch-operator" in proc.stdout and "Out of scope" in proc.stdout

@@ -1,4 +1,4 @@
-"""qcc.train: SGD on the IR lowers the loss, is deterministic, and records σ and λ as specified;
+"""core.float_train: SGD on the IR lowers the loss, is deterministic, records σ and λ as specified;
 λ from the aggregated square-Jacobian equals the dense computation on tiny layers."""
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcc.autodiff import (
+from qcc.core.autodiff import (
     backward,
     largest_singular_value,
     logits_value,
     softmax_cross_entropy,
     square_jacobian,
 )
-from qcc.float_exec import run_float
-from qcc.ir import Graph, Node, Value
-from qcc.onnx_import import import_model
-from qcc.ops.grads import conv_vjp, gemm_vjp, matmul_vjp
-from qcc.train import TrainConfig, learning_rate, train, trainable_parameters
+from qcc.core.float_exec import run_float
+from qcc.core.float_train import TrainConfig, learning_rate, train, trainable_parameters
+from qcc.core.ir import Graph, Node, Value
+from qcc.core.onnx_import import import_model
+from qcc.core.ops.grads import conv_vjp, gemm_vjp, matmul_vjp
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from qcc import zoo
-from qcc.float_exec import run_float
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model
 
 
 @pytest.mark.parametrize("name", sorted(zoo.MODELS))

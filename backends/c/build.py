@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qcc.errors import QccError
+from qcc.core.errors import QccError
 
 HOST_WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 ARM_ARCH = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")

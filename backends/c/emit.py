@@ -15,8 +15,10 @@ one firmware.
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,9 +28,10 @@ from backends.c.ops import KernelPlan, kernel_for
 from backends.c.ops.movement import concat_layout
 from backends.c.packing import WeightRows, store_rows
 from backends.c.tensors import TensorInfo, analyse
-from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Graph, Node, Value
+from backends.c.writer import CWriter, c_comment
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph, Node, Value
+from qcc.core.registry import registered
 
 C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double",
               "else", "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long",
@@ -151,16 +154,21 @@ def split_edges(graph: Graph) -> Edges:
     """Find the input Quantize and output Dequantize; refuse float code elsewhere."""
     inp, out = graph.inputs[0], graph.outputs[0]
     readers = [n for n in graph.nodes if inp in n.inputs]
-    if len(readers) != 1 or readers[0].op_type != "Quantize":
+    if len(readers) != 1 or _float_edge(readers[0]) != "quantize":
         raise QccError("the C backend needs the graph input read by one qcc.Quantize only")
     producer = out.producer
-    if producer is None or producer.op_type != "Dequantize":
+    if producer is None or _float_edge(producer) != "dequantize":
         op = producer.op_type if producer is not None else "nothing"
         raise QccError(f"the C backend emits the integer graph up to its qcc.Dequantize; the "
                        f"output {out.name!r} is made by {op} (float post-processing such as a "
                        "final Softmax stays outside the library)")
     body = [n for n in graph.nodes if n is not readers[0] and n is not producer]
     return Edges(readers[0], producer, body)
+
+
+def _float_edge(node: Node) -> str | None:
+    entry = registered(node.op_type)
+    return entry.float_edge if entry is not None else None
 
 
 def emit_source(graph: Graph, name: str, source_model: str = "") -> CSource:
@@ -279,13 +287,8 @@ def _all_placed(node: Node, ctx: EmitContext) -> bool:
         len(ctx.placed.get(node.name, ())) == len(live)
 
 
-ORIGIN = {"QConv": "ONNX Conv as qcc.QConv", "QGemm": "ONNX Gemm/MatMul as qcc.QGemm",
-          "QAdd": "ONNX Add as qcc.QAdd", "Requantize": "qcc.Requantize (format change)",
-          "Gather": "Gather"}
-
-
 def _origin(node: Node) -> str:
-    return ORIGIN.get(node.op_type, f"ONNX {node.op_type}")
+    return kernel_for(node).describe(node)
 
 
 def _params(node: Node, plan: KernelPlan, ctx: EmitContext) -> list[str]:
@@ -354,10 +357,10 @@ def _infer(w: CWriter, name: str, edges: Edges, ctx: EmitContext, memory: Memory
         plan = plans[node.name]
         fn = ctx.functions[node.name]
         if plan.alias:
-            calls.append(f"/* {node.op_type} {node.name}: a view of its input, no code */")
+            calls.append(c_comment(f"{node.op_type} {node.name}: a view of its input, no code"))
             continue
         if plan.concat and _all_placed(node, ctx):
-            calls.append(f"/* Concat {node.name}: inputs were written into their slices */")
+            calls.append(c_comment(f"Concat {node.name}: inputs were written into their slices"))
             continue
         in_place = ctx.memo.get(f"{node.name}/in_place", (None,))[0]
         args = [_pointer(v.name, ctx.t(v).ctype, memory, ctx.info, edges)
@@ -389,13 +392,19 @@ def _infer(w: CWriter, name: str, edges: Edges, ctx: EmitContext, memory: Memory
 def _edges_functions(w: CWriter, name: str, upper: str, edges: Edges, ctx: EmitContext,
                      in_t: str, out_t: str) -> None:
     """<name>_quantize_input and <name>_dequantize_output: the float edges."""
+    quantize = f"{name}_quantize(x[{{}}], {upper}_INPUT_SCALE, {upper}_INPUT_ZERO_POINT, " \
+               f"{upper}_INPUT_MIN, {upper}_INPUT_MAX)"
+    perm = edges.quantize.attrs.get("perm")
     with w.block(f"int {name}_quantize_input(const float *x, {name}_input_t *codes)"):
-        w.line("int32_t i;")
+        w.line("int32_t i;" if perm is None else "int32_t o = 0;")
         with w.block("if (x == NULL || codes == NULL)"):
             w.line(f"return {upper}_ERR_NULL;")
-        with w.block(f"for (i = 0; i < {upper}_INPUT_SIZE; ++i)"):
-            w.line(f"codes[i] = ({in_t}){name}_quantize(x[i], {upper}_INPUT_SCALE, "
-                   f"{upper}_INPUT_ZERO_POINT, {upper}_INPUT_MIN, {upper}_INPUT_MAX);")
+        if perm is None:
+            with w.block(f"for (i = 0; i < {upper}_INPUT_SIZE; ++i)"):
+                w.line(f"codes[i] = ({in_t}){quantize.format('i')};")
+        else:  # a folded NHWC Transpose: codes in `perm` order, read from the caller's layout
+            _permuted_loops(w, ctx.t(edges.quantize.outputs[0]).shape, [int(p) for p in perm],
+                            lambda src: f"codes[o++] = ({in_t}){quantize.format(src)};")
         w.line(f"return {upper}_OK;")
     w.line("")
     with w.block(f"int {name}_dequantize_output(const {name}_output_t *codes, float *y)"):
@@ -406,6 +415,25 @@ def _edges_functions(w: CWriter, name: str, upper: str, edges: Edges, ctx: EmitC
             w.line(f"y[i] = {name}_dequantize(codes[i], {upper}_OUTPUT_ZERO_POINT, "
                    f"{upper}_OUTPUT_SCALE);")
         w.line(f"return {upper}_OK;")
+
+
+def _permuted_loops(w: CWriter, out_shape: tuple[int, ...], perm: list[int],
+                    body: Callable[[str], str]) -> None:
+    """Nested loops over `out_shape` in C order; `body` gets the source index of the element in
+    the input layout (the input's dim perm[k] is the output's dim k)."""
+    in_shape = [0] * len(perm)
+    for k, p in enumerate(perm):
+        in_shape[p] = out_shape[k]
+    strides = [int(np.prod(in_shape[d + 1:], dtype=np.int64)) for d in range(len(in_shape))]
+    terms = [f"i{k} * {strides[p]}" for k, p in enumerate(perm) if out_shape[k] > 1]
+    loops = [k for k in range(len(perm)) if out_shape[k] > 1]
+    if not loops:
+        w.line(body("0"))
+        return
+    with contextlib.ExitStack() as stack:
+        for k in loops:
+            stack.enter_context(w.block(f"for (int32_t i{k} = 0; i{k} < {out_shape[k]}; ++i{k})"))
+        w.line(body(" + ".join(terms)))
 
 
 def _header(name: str, edges: Edges, ctx: EmitContext, memory: MemoryPlan, model: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from backends.c.build import arm_size
 from backends.c.emit import CSource, emit_source
-from qcc.ir import Graph
+from qcc.core.ir import Graph
 
 HERE = Path(__file__).parent
 RUNTIME = HERE / "runtime"

@@ -1,16 +1,18 @@
 """Weights of the emitted C: a layer's weight matrix (one row per output channel) stored at its
 bit width as `static const` arrays.
 
-Storage kinds, chosen from the codes themselves (`store_rows`):
+Storage kinds, chosen from the codes themselves (`store_rows`), not from the format's width in
+the weight's QuantSpec: a layer's codes often use fewer bits or levels than its format allows,
+and training rewrites them after the quantization pass, so the library stores what it ships:
 - `int8` / `int16`: codes of 5-8 / 9-16 bits, one C integer each (16-bit codes are packing's
   little-endian layout on every target qcc supports);
-- `packed`: codes of 1, 2 or 4 bits, packed LSB first by qcc.numerics.packing.pack_bits (the
+- `packed`: codes of 1, 2 or 4 bits, packed LSB first by qcc.core.numerics.packing.pack_bits (the
   C runtime's qcc_unpack_bits reads them back one row at a time);
 - `signs`: binary weights, one bit per code (1 = +1, 0 = -1);
 - `codebook`: codes that are few distinct levels (APoT, PoT): each weight stores the index of
   its level in a sorted table, packed at the index width (APoT codes: 2^bits levels at most);
   the kernels multiply by a level as shift-adds of its power-of-two terms (seeds/004 §2.2);
-- `xnor`: the signs of a row in uint32 words, qcc.numerics.binary.pack_signs's layout, for
+- `xnor`: the signs of a row in uint32 words, qcc.core.numerics.binary.pack_signs's layout, for
   XNOR-popcount layers.
 """
 
@@ -21,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from backends.c.writer import CWriter
-from qcc.numerics.binary import pack_signs
-from qcc.numerics.packing import WIDTHS, pack_bits
-from qcc.numerics.rounding import int_range
+from qcc.core.numerics.binary import pack_signs
+from qcc.core.numerics.packing import WIDTHS, pack_bits
+from qcc.core.numerics.rounding import int_range
 
 KINDS = ("int8", "int16", "packed", "signs", "codebook", "xnor")
 

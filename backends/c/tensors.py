@@ -1,14 +1,9 @@
 """What the C emitter knows about each tensor of an integer graph: shape, C type, code range.
 
-Intermediate tensors of the integer graph carry no static shape (passes/quantize_graph.py sets
-dtypes only), so `analyse` runs the NumPy integer interpreter once on a zero input of batch 1
-and records every tensor's shape and dtype: the interpreter is the specification of what the C
-computes, so the C buffers get exactly its shapes and storage types.
-
-The code range [lo, hi] of a tensor bounds the accumulators of the layers that read it (the
-emitter picks int32 or int64 from it): requantizing ops clamp to [out_lo, out_hi] (the fused
-ReLU raises lo to the zero point), code-moving ops and average pools keep their input's range,
-a level snap (Gather) yields its table's values.
+All of it is read from the IR: shapes and storage types from the graph's shape inference
+(qcc.core.shapes, with the batch dimension taken as 1), code ranges from the ops' range rules
+(qcc.core.ops.code_ranges). The range [lo, hi] of a tensor bounds the accumulators of the
+layers that read it (the emitter picks int32 or int64 from it).
 """
 
 from __future__ import annotations
@@ -17,16 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.numpy_int import run_integer
-from qcc.errors import QccError
-from qcc.ir import Graph, Node
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph
+from qcc.core.ops.code_ranges import code_ranges
+from qcc.core.shapes import value_types
 
 C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t",
            "int32": "int32_t", "uint32": "uint32_t", "int64": "int64_t", "float32": "float"}
-REQUANTIZING = ("Quantize", "QConv", "QGemm", "QAdd", "Requantize")
-SAME_RANGE = ("Relu", "MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
-              "Reshape", "Transpose", "Identity", "Dropout", "Squeeze", "Unsqueeze", "Slice",
-              "Split")
 
 
 @dataclass
@@ -72,51 +64,18 @@ def input_shape(graph: Graph) -> tuple[int, ...]:
 
 
 def analyse(graph: Graph) -> dict[str, TensorInfo]:
-    """TensorInfo of every non-constant tensor, from one interpreter run on zeros."""
+    """TensorInfo of every non-constant tensor, for one sample (batch 1)."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise QccError("the C backend takes models with one input and one output, this one has "
                        f"{len(graph.inputs)} and {len(graph.outputs)}")
-    inp = graph.inputs[0]
-    feed = {inp.name: np.zeros(input_shape(graph), dtype=inp.dtype)}
-    env, _ = run_integer(graph, feed, keep_all=True)
+    types = value_types(graph, {graph.inputs[0].name: input_shape(graph)})
+    ranges = code_ranges(graph, types)
     info: dict[str, TensorInfo] = {}
-    for name, array in env.items():
-        if name in graph.constants:
+    for name, t in types.items():
+        if graph.values[name].is_const:
             continue
-        array = np.asarray(array)
-        lo, hi = _dtype_range(array.dtype)
-        info[name] = TensorInfo(name, tuple(int(d) for d in array.shape), array.dtype, lo, hi)
-    for node in graph.nodes:
-        _narrow_range(node, info)
+        if t.shape is None or any(d < 0 for d in t.shape):
+            raise QccError(f"tensor {name!r} has no static shape for the C backend")
+        lo, hi = ranges.get(name, (0, 0))  # float tensors have no code range
+        info[name] = TensorInfo(name, tuple(int(d) for d in t.shape), t.dtype, lo, hi)
     return info
-
-
-def _dtype_range(dtype: np.dtype) -> tuple[int, int]:
-    if dtype.kind in "iu":
-        limits = np.iinfo(dtype)
-        return int(limits.min), int(limits.max)
-    return 0, 0  # float tensors have no code range
-
-
-def _narrow_range(node: Node, info: dict[str, TensorInfo]) -> None:
-    """Tighten the code range of `node`'s outputs from its attributes or inputs."""
-    out = info.get(node.outputs[0].name)
-    if out is None or out.dtype.kind not in "iu":
-        return
-    a = node.attrs
-    if node.op_type in REQUANTIZING and "out_lo" in a:
-        lo = max(int(a["out_lo"]), int(a.get("out_zero_point", 0))) if a.get("relu") else \
-            int(a["out_lo"])
-        out.lo, out.hi = lo, int(a["out_hi"])
-    elif node.op_type == "Gather" and node.inputs[0].is_const:
-        table = node.inputs[0].const
-        out.lo, out.hi = int(table.min()), int(table.max())
-    elif node.op_type in SAME_RANGE and node.inputs[0].name in info:
-        src = info[node.inputs[0].name]
-        lo = max(src.lo, 0) if node.op_type == "Relu" else src.lo
-        for value in node.outputs:
-            info[value.name].lo, info[value.name].hi = lo, src.hi
-    elif node.op_type == "Concat":
-        srcs = [info[v.name] for v in node.inputs if v is not None and v.name in info]
-        if len(srcs) == len(node.inputs):  # constant inputs: keep the dtype's range
-            out.lo, out.hi = min(s.lo for s in srcs), max(s.hi for s in srcs)

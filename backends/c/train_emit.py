@@ -1,61 +1,57 @@
 """The C side of the fixed-point train step: `<name>_train.[ch]` for `--train --target c`.
 
 The emitted file mirrors backends/numpy_int/train_step.py (the specification) bit for bit:
-its own forward over the integer graph that keeps every tensor (static buffers sized for the
-compiled batch), the Q.24 softmax cross-entropy gradient, the backward in
-program.backward_nodes order (with --grad-ternary S: S stochastic ternarizations of each
-trained layer's G_A, seeds/000 Algorithm 1) and the updates (fx, bc, sr, r; fixed-point or
-binary ±α weights), with the arithmetic in backends/c/runtime/qcc_train.h (copied as
-`<name>_train_rt.h`). Trainable weight and bias codes, accumulators, master biases and the
-PRNG position live in static RAM, initialised from the compiled state (no malloc). Gradient
-buffers are int32_t when `gradient_bound` proves every value fits, else int64_t.
+its own forward over the integer graph (sample by sample: the frozen layers and every other
+node through the inference library's kernels of backends/c/ops, the trained layers through
+qcc_conv_forward on their RAM weights), the Q.24 softmax cross-entropy gradient, the backward
+in program.backward_nodes order through each op's registered C emitter (backends/c/train_ops.py;
+with --grad-ternary S: S stochastic ternarizations of each trained layer's G_A, seeds/000
+Algorithm 1) and the updates (fx, bc, sr, r; fixed-point or binary ±α weights). The arithmetic
+is the training section of the one runtime header (backends/c/runtime/qcc_runtime.h, copied as
+`<name>_runtime.h`; <name>_train.c links with <name>_runtime.c). Trainable weight and bias
+codes, accumulators, master biases and the PRNG position live in static RAM, initialised from
+the compiled state (no malloc). Gradient buffers are int32_t when `gradient_bound` proves every
+value fits, else int64_t.
 
-API (<name>_train.h):
+API (<name>_train.h, documented there):
     int <name>_train_step(const <in_t> *x, const int32_t *labels, int batch);
-    int <name>_export_weights(int32_t *out, int32_t size);  `export_layout` order: weights,
-        biases, accumulators, master biases per trained layer, then the PRNG and step count
+    int <name>_export_weights(int32_t *out, int32_t size);  `export_layout` order
     int <name>_train_logits(int32_t *out, int32_t size);    the last step's logits codes
-Errors: <NAME>_TRAIN_ERR_NULL, _ERR_BATCH (batch < 1 or above the compiled one),
-_ERR_LABEL (a label outside 0 .. classes - 1), _ERR_SIZE (an output array too small);
-nothing changes when a call refuses.
+    uint32_t <name>_train_clipped(void);
+Errors are positive, as the inference API's: <NAME>_TRAIN_ERR_NULL 1, _ERR_BATCH 2,
+_ERR_LABEL 3, _ERR_SIZE 4; nothing changes when a call refuses.
 
-Supported (refused otherwise with a QccError): QConv (group 1) / QGemm (transB) with input
-zero point 0 and multiplier-and-shift requantization, MaxPool without padding, Relu and the
-reshapes (Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout); every tensor read by one
-node.
+Supported: every op NumPy training supports (passes/training_program.py), with 2-D windows.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+import backends.c.train_ops  # noqa: F401  (registers every op's C backward: `c_train`)
 from backends.c.build import arm_object_size
-from backends.c.emit import c_identifier, split_edges
+from backends.c.emit import EmitContext, c_identifier, split_edges
 from backends.c.library import SUMMARY
+from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish
+from backends.c.ops import KernelPlan, kernel_for
 from backends.c.tensors import analyse
 from backends.c.writer import CWriter
-from backends.numpy_int.train_step import TrainState
-from backends.numpy_int.training.softmax_ce import EXP2_LUT
-from passes.training_program import (
-    WEIGHTED_INT,
-    GradRep,
-    LayerProgram,
-    TrainingProgram,
-    backward_rep,
-)
-from qcc.errors import QccError
-from qcc.ir import Graph, Node
-from qcc.numerics.rounding import int_range
+from passes.training_program import GradRep, TrainingProgram, TrainState, backward_rep
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph, Node
+from qcc.core.numerics.rounding import int_range
+from qcc.core.numerics.softmax_ce import EXP2_LUT
+from qcc.core.registry import training_lookup
 
-RUNTIME = Path(__file__).parent / "runtime" / "qcc_train.h"
 HARNESS = Path(__file__).parent / "runtime" / "train_harness.c"
-RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
 RULE_CHAR = {"fx": "f", "bc": "b", "sr": "s", "r": "r"}
-CTYPE_BYTES = {"int32_t": 4, "int64_t": 8, "qt_grad": 0}  # qt_grad: the chosen gradient type
+CTYPE_BYTES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4,
+               "uint32_t": 4, "int64_t": 8, "qcc_grad": 0}  # qcc_grad: the chosen type
 INT32_LIMIT = 1 << 31
 SCALAR_BYTES = 20  # rng (8), steps, clipped, last_batch
 
@@ -97,31 +93,12 @@ def unpack_export(program: TrainingProgram, flat: np.ndarray) -> dict[str, np.nd
     return out
 
 
-def _check(program: TrainingProgram, integer: Graph) -> None:
+def _check(program: TrainingProgram) -> None:
     if program.options.grad_ternary:
         for layer in program.trained:
             if layer.ga_bits > 31:  # binary.stochastic_ternarize needs |G_A| < 2^31
                 raise QccError(f"--grad-ternary needs B_GA <= 31 ({layer.name!r} has "
                                f"{layer.ga_bits})")
-    for node in integer.nodes:
-        if node.op_type in ("Quantize", "Dequantize"):
-            continue
-        if node.op_type in WEIGHTED_INT:
-            a = node.attrs
-            if int(a.get("x_zero_point", 0)) or a.get("dot") == "xnor" or \
-                    int(a.get("group", 1)) != 1 or a.get("auto_pad", "NOTSET") != "NOTSET":
-                raise QccError(f"the C train step cannot run layer {node.name!r} "
-                               "(zero point, xnor, groups or auto_pad)")
-            if node.op_type == "QGemm" and not int(a.get("transB", 0)):
-                raise QccError(f"the C train step needs QGemm with transB ({node.name!r})")
-        elif node.op_type == "MaxPool":
-            if any(node.attrs.get("pads", [0])) or node.attrs.get("ceil_mode", 0):
-                raise QccError(f"the C train step needs MaxPool without padding ({node.name})")
-        elif node.op_type not in RESHAPES + ("Relu",):
-            raise QccError(f"the C train step cannot run {node.op_type} ({node.name!r})")
-        for v in node.outputs:
-            if len(v.consumers) > 1:
-                raise QccError(f"the C train step needs every tensor read once ({v.name!r})")
 
 
 def _code_bound(integer: Graph, value: str) -> int:
@@ -135,11 +112,12 @@ def _code_bound(integer: Graph, value: str) -> int:
 
 def gradient_bound(integer: Graph, program: TrainingProgram) -> int:
     """An upper bound of |v| over every value a gradient buffer of the C step ever holds,
-    transients included (the in-place left shift of a rounding, partial sums), following
-    train_step.backward with the compiled batch: the CE seed is at most 2^24; a layer's
-    rounded G_A 2^(B_GA-1), its G_W 2^(B_GW-1); the exact weight gradient sums batch ·
-    positions (· S) products |G_A|·|A|; the input gradient fan-out · |W| · |G_A| (· α_mult);
-    a MaxPool input gets at most one gradient per window covering it."""
+    transients included (the in-place left shift of a rounding, partial sums, the sum of two
+    gradients meeting at one tensor), following train_step.backward with the compiled batch:
+    the CE seed is at most 2^24; a layer's rounded G_A 2^(B_GA-1), its G_W 2^(B_GW-1); the
+    exact weight gradient sums batch · positions (· S) products |G_A|·|A|; the input gradient
+    fan-out · |W| · |G_A| (· α_mult); a pooled input gets at most one gradient per window
+    covering it (the op's `growth`)."""
     n, samples = program.options.batch, max(program.options.grad_ternary, 1)
     layers = {layer.name: layer for layer in program.layers}
     pending = {program.logits: (1 << 24, program.reps[program.logits])}
@@ -147,57 +125,80 @@ def gradient_bound(integer: Graph, program: TrainingProgram) -> int:
     for name in program.backward_nodes:
         node = integer.node(name)
         incoming, rep = pending.pop(node.outputs[0].name)
-        x = node.inputs[0].name
-        if node.op_type in WEIGHTED_INT:
+        if name in layers:
             layer = layers[name]
             worst = max(worst, incoming << max(0, rep.exp - layer.ga_exp))
             ga = 1 << (layer.ga_bits - 1)
             out = program.shapes[layer.output]
             if layer.trainable:
                 positions = int(np.prod(out)) // layer.out_channels
-                exact = samples * n * positions * ga * _code_bound(integer, x)
+                exact = samples * n * positions * ga * _code_bound(integer, layer.input)
                 shift = layer.ga_exp + layer.x_exp - layer.gw_exp
                 worst = max(worst, exact << max(0, shift), 1 << (layer.gw_bits - 1))
             if not layer.propagate:
                 continue
             taps = layer.out_channels * int(np.prod(layer.weight_shape[2:]))
             w = max(layer.alpha_mult) if layer.binary else max(-layer.w_lo, layer.w_hi)
-            flows = (taps * w * ga, layer.dx_rep)
+            flows = [(node.inputs[0], taps * w * ga, layer.dx_rep)]
         else:
-            overlap = 1
-            if node.op_type == "MaxPool":
-                k, st = node.attrs["kernel_shape"], node.attrs.get("strides", [1, 1])
-                overlap = int(np.prod([-(-a // b) for a, b in zip(k, st)]))
-            flows = (incoming * overlap, backward_rep(node, rep, program.shapes))
-        worst = max(worst, flows[0])
-        if x in program.reps:
-            pending[x] = flows
+            entry = training_lookup(node, "c_train")
+            out_rep = backward_rep(node, rep, program.shapes)
+            grown = incoming * entry.growth(None, node)  # type: ignore[attr-defined]
+            flows = [(v, grown, out_rep) for v in node.inputs]
+        for v, bound, out_rep in flows:
+            if v is None or v.name not in program.reps:
+                continue
+            worst = max(worst, bound)
+            if v.name in pending:  # two gradients meet: both shifted to the finer step
+                old, old_rep = pending[v.name]
+                exp = min(old_rep.exp, out_rep.exp)
+                bound = (old << (old_rep.exp - exp)) + (bound << (out_rep.exp - exp))
+                out_rep = replace(out_rep, exp=exp)
+                worst = max(worst, bound)
+            pending[v.name] = (bound, out_rep)
     return worst
 
 
-class _Emitter:
-    """Builds <name>_train.c: buffers, forward, backward and update of one step."""
+class TrainEmitter:
+    """Builds <name>_train.c. The forward runs sample by sample through the inference
+    library's node kernels (backends/c/ops) on per-sample buffers of the tensors' own C types,
+    except the trained layers (weights in RAM: qcc_conv_forward); the tensors the backward
+    reads are kept for the whole batch as int32 (`wide`). The backward calls each op's
+    registered C emitter (backends/c/train_ops.py) in program.backward_nodes order."""
 
     def __init__(self, integer: Graph, program: TrainingProgram, state: TrainState,
                  name: str) -> None:
         self.g, self.p, self.state, self.name = integer, program, state, name
         self.N = program.options.batch
-        self.buf: dict[str, str] = {}  # value name -> activation buffer (int32)
-        self.gbuf: dict[str, str] = {}  # value name -> gradient buffer (qt_grad)
+        self.info = analyse(integer)
+        self.ctx = EmitContext(integer, self.info, name)
+        self.edges = split_edges(integer)
         self.grad_bits = 32 if gradient_bound(integer, program) < INT32_LIMIT else 64
         self.ram: dict[str, int] = {}  # static arrays in RAM: name -> bytes
         self.layers = {layer.name: layer for layer in program.layers}
+        self.trained = {layer.name for layer in program.trained}
         self.decl = CWriter()
         self.sizes: dict[str, int] = {v: int(np.prod(s)) for v, s in program.shapes.items()}
         self.ids: dict[str, str] = {}
-        self.geoms: set[str] = set()  # qt_conv constants declared so far
+        self.declared: set[str] = set()
+        self.plans: dict[str, KernelPlan] = {}  # frozen nodes: their inference kernel's plan
+        self.memory = MemoryPlan()  # the per-sample forward tensors' arena (plan_forward)
+        self.wides: dict[str, str] = {}  # value -> batch buffer (int32) the backward reads
+        self.grads: dict[str, int] = {}  # value -> gradient buffers made so far
+        self.functions: list[tuple[str, CWriter]] = []  # frozen nodes' kernels (node, body)
 
     def cid(self, value: str) -> str:
         return self.ids.setdefault(value, f"t{len(self.ids)}")
 
+    def rep(self, node: Node, rep: GradRep) -> GradRep:
+        return backward_rep(node, rep, self.p.shapes)
+
     # -- declarations ------------------------------------------------------------------------
     def array(self, ctype: str, cname: str, values: list[int] | None, size: int = 0,
               const: bool = False) -> str:
+        if cname in self.declared:
+            return cname
+        self.declared.add(cname)
         if not const:
             count = max(size if values is None else len(values), 1)
             self.ram[cname] = count * (CTYPE_BYTES[ctype] or self.grad_bits // 8)
@@ -208,66 +209,131 @@ class _Emitter:
             self.decl.array(head, [int(v) for v in values] or [0])
         return cname
 
-    def geometry(self, node: Node) -> str:
-        """A qt_conv for a QConv / QGemm / MaxPool node from its per-sample shapes."""
-        x = self.p.shapes[node.inputs[0].name]
-        y = self.p.shapes[node.outputs[0].name]
-        a = node.attrs
-        if node.op_type == "QGemm":
-            vals = [x[-1], 1, 1, y[-1], 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
-        else:
-            k = list(a["kernel_shape"]) if "kernel_shape" in a else \
-                list(node.inputs[1].shape[2:])
-            st = list(a.get("strides", [1, 1]))
-            dl = list(a.get("dilations", [1, 1]))
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            if len(x) != 3:
-                raise QccError(f"the C train step handles 2-D windows only ({node.name!r})")
-            vals = [x[0], x[1], x[2], y[0], y[1], y[2], *k, *st, *dl, pads[0], pads[1]]
+    def geometry(self, node: Node, fields: list[int]) -> str:
+        """A qcc_conv constant for `node` (train_ops.window_geometry / gemm_geometry)."""
         cname = f"geom_{c_identifier(node.name)}"
-        if cname in self.geoms:
-            return cname
-        self.geoms.add(cname)
-        self.decl.line(f"static const qt_conv {cname} = {{{', '.join(map(str, vals))}}};")
+        if cname not in self.declared:
+            self.declared.add(cname)
+            self.decl.line(f"static const qcc_conv {cname} = {{{', '.join(map(str, fields))}}};")
         return cname
 
-    def activation(self, value: str) -> str:
-        if value not in self.buf:
-            self.buf[value] = self.array("int32_t", f"a_{self.cid(value)}", None,
-                                         self.N * self.sizes[value])
-        return self.buf[value]
+    def wide(self, value: str) -> str:
+        """The whole batch of `value` as int32 (filled by the forward)."""
+        if value not in self.wides:
+            self.wides[value] = self.array("int32_t", f"a_{self.cid(value)}", None,
+                                           self.N * self.sizes[value])
+        return self.wides[value]
 
-    def gradient(self, value: str) -> str:
-        if value not in self.gbuf:
-            self.gbuf[value] = self.array("qt_grad", f"g_{self.cid(value)}", None,
-                                          self.N * self.sizes[value])
-        return self.gbuf[value]
+    def gradient_buffer(self, value: str) -> str:
+        """A fresh gradient buffer for (one contribution to) `value`'s gradient."""
+        k = self.grads.get(value, 0)
+        self.grads[value] = k + 1
+        return self.array("qcc_grad", f"g_{self.cid(value)}" + (f"_{k}" if k else ""), None,
+                          self.N * self.sizes[value])
+
+    def copy_gradient(self, w: CWriter, src: str, value: str) -> str:
+        dst = self.gradient_buffer(value)
+        with w.block(f"for (i = 0; i < batch * {self.sizes[value]}; ++i)"):
+            w.line(f"{dst}[i] = {src}[i];")
+        return dst
+
+    def weights(self, node: Node) -> str:
+        """The int32 weight codes of a layer: in RAM when trained, else constant."""
+        n = c_identifier(node.name)
+        return self.array("int32_t", f"w_{n}", list(node.inputs[1].const.ravel()),
+                          const=node.name not in self.trained)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, w: CWriter) -> None:
-        for node in self.g.nodes:
-            op = node.op_type
-            if op in ("Quantize", "Dequantize"):
-                continue
-            x, y = node.inputs[0].name, node.outputs[0].name
-            if op in RESHAPES:
-                self.buf[y] = self.activation(x)  # same elements, same order
-                continue
-            xb, yb = self.activation(x), self.activation(y)
-            if op == "Relu":
-                with w.block(f"for (i = 0; i < batch * {self.sizes[y]}; ++i)"):
-                    w.line(f"{yb}[i] = {xb}[i] > 0 ? {xb}[i] : 0;")
-            elif op == "MaxPool":
-                geom = self.geometry(node)
-                w.line(f"qt_maxpool(&{geom}, batch * {self.p.shapes[x][0]}, {xb}, {yb}, 0, 0);")
+        """Sample s of the batch through every node; the kept tensors widened into the batch
+        buffers."""
+        codes_in = self.edges.input_codes.name
+        x_buf = self.typed(codes_in)
+        w.line(f"const int32_t at_{self.cid(codes_in)} = s * {self.sizes[codes_in]};")
+        with w.block(f"for (i = 0; i < {self.sizes[codes_in]}; ++i)"):
+            w.line(f"{x_buf}[i] = x[at_{self.cid(codes_in)} + i];")
+        self.widen(w, codes_in)
+        for node in self.edges.body:
+            if node.name in self.trained:
+                self.trained_forward(w, node)
             else:
-                self.weighted_forward(w, node, xb, yb)
+                self.kernel_forward(w, node)
+            for v in node.outputs:
+                if node.name not in self.trained:
+                    self.widen(w, v.name)
 
-    def weighted_forward(self, w: CWriter, node: Node, xb: str, yb: str) -> None:
+    def plan_forward(self) -> None:
+        """The inference kernels' plans and one arena for the per-sample tensors and scratch
+        areas of the forward (backends/c/memory_plan.py: aliases, lifetimes, offsets)."""
+        body = self.edges.body
+        last: dict[str, int] = {}
+        for i, node in enumerate(body):
+            if node.name not in self.trained:
+                self.ctx.functions[node.name] = f"n{i}_{c_identifier(node.name)}"
+                self.ctx.current = node.name
+                self.plans[node.name] = kernel_for(node).plan(node, self.ctx)
+            for v in node.inputs:
+                if v is not None and not v.is_const:
+                    last[v.name] = i
+        codes_in = self.edges.input_codes.name
+        slots = [Slot(codes_in, self.info[codes_in].nbytes, -1, last.get(codes_in, -1))]
+        for i, node in enumerate(body):
+            slots += [Slot(v.name, self.info[v.name].nbytes, i, last.get(v.name, i))
+                      for v in node.outputs if v.name in self.info]
+            plan = self.plans.get(node.name)
+            slots += [Slot(f"{node.name}/s{k}", sc.nbytes, i, i)
+                      for k, sc in enumerate(plan.scratch if plan else [])]
+        storage = Storage(slots)
+        for node in body:
+            plan = self.plans.get(node.name)
+            if plan is not None and plan.alias:
+                live = [v for v in node.inputs if v is not None and not v.is_const]
+                storage.alias(node.outputs[0].name, live[0].name)
+        self.memory = finish(storage)
+        if self.memory.arena_size:
+            self.array("int64_t", "f_arena", None, -(-self.memory.arena_size // 8))
+
+    def typed(self, value: str, ctype: str | None = None) -> str:
+        """Where the forward keeps one sample of `value` (or a scratch area) in the arena."""
+        ctype = ctype or self.info[value].ctype
+        return f"(({ctype} *)(arena + {self.memory.where[value][1]}))"
+
+    def widen(self, w: CWriter, value: str) -> None:
+        if value in self.wides:
+            with w.block(f"for (i = 0; i < {self.sizes[value]}; ++i)"):
+                w.line(f"{self.wides[value]}[s * {self.sizes[value]} + i] = "
+                       f"{self.typed(value)}[i];")
+
+    def kernel_forward(self, w: CWriter, node: Node) -> None:
+        """The inference library's kernel of `node` (backends/c/ops) as a static function."""
+        ctx = self.ctx
+        ctx.current = node.name
+        kernel = kernel_for(node)
+        plan = self.plans[node.name]
+        live = [v for v in node.inputs if v is not None and not v.is_const]
+        if plan.alias:
+            return  # the output is the input's bytes (the arena aliases them)
+        fn = ctx.functions[node.name]
+        params = [f"const {ctx.t(v).ctype} *restrict x{k}" for k, v in enumerate(live)]
+        params += [f"{ctx.t(v).ctype} *restrict y{k}" for k, v in enumerate(node.outputs)]
+        params += [f"{sc.ctype} *restrict s{k}" for k, sc in enumerate(plan.scratch)]
+        body = CWriter()
+        body.comment(f"{node.op_type} {node.name!r} (frozen): {plan.note}")
+        with body.block(f"static void {fn}({', '.join(params)})"):
+            kernel.emit(node, ctx, body)
+        self.functions.append((node.name, body))
+        args = [self.typed(v.name) for v in live] + [self.typed(v.name) for v in node.outputs]
+        args += [self.typed(f"{node.name}/s{k}", sc.ctype) for k, sc in enumerate(plan.scratch)]
+        w.line(f"{fn}({', '.join(args)});")
+
+    def trained_forward(self, w: CWriter, node: Node) -> None:
+        """kernels.qconv / qgemm of a trained layer on the batch buffers (weights in RAM)."""
         n = c_identifier(node.name)
         a = node.attrs
-        m = int(node.inputs[1].const.shape[0])  # QConv, QGemm with transB (_check)
-        wb = self.array("int32_t", f"w_{n}", list(node.inputs[1].const.ravel()))
+        layer = self.layers[node.name]
+        x, y = node.inputs[0].name, node.outputs[0].name
+        m = layer.out_channels
+        wb = self.weights(node)
         bb = "0"
         if node.input(2) is not None:
             bb = self.array("int32_t", f"b_{n}", list(node.inputs[2].const.ravel()))
@@ -277,103 +343,41 @@ class _Emitter:
         self.array("int32_t", f"shift_{n}", list(shift), const=True)
         zp, lo, hi = int(a.get("out_zero_point", 0)), int(a["out_lo"]), int(a["out_hi"])
         floor_ = max(lo, zp) if a.get("relu", 0) else lo
-        geom = self.geometry(node)
-        w.line(f"qt_conv_forward(&{geom}, batch, {xb}, {wb}, {bb}, mult_{n}, shift_{n}, "
-               f"{zp}, {floor_}, {hi}, {yb});")
+        geom = training_lookup(node, "c_train").geometry(self, node)  # type: ignore[attr-defined]
+        xs, ys = self.sizes[x], self.sizes[y]
+        w.line(f"qcc_conv_forward(&{geom}, 1, {self.wide(x)} + s * {xs}, {wb}, {bb}, mult_{n}, "
+               f"shift_{n}, {zp}, {floor_}, {hi}, {self.wide(y)} + s * {ys});")
+        out_t = self.info[y].ctype
+        with w.block(f"for (i = 0; i < {ys}; ++i)"):
+            w.line(f"{self.typed(y)}[i] = ({out_t}){self.wide(y)}[s * {ys} + i];")
 
     # -- backward ----------------------------------------------------------------------------
     def backward(self, w: CWriter) -> None:
-        pending: dict[str, GradRep] = {self.p.logits: self.p.reps[self.p.logits]}
+        """Each node's registered C backward; contributions meeting at a tensor are summed at
+        the finer step (train_step._accumulate)."""
+        seed = self.gradient_buffer(self.p.logits)
+        with w.block("for (i = 0; i < batch; ++i)"):
+            w.line(f"qcc_ce_gradient({self.wide(self.p.logits)} + i * {self.p.classes}, "
+                   f"{self.p.classes}, {self.p.logits_exp}, labels[i], EXP2_LUT, "
+                   f"{seed} + i * {self.p.classes});")
+        pending: dict[str, tuple[str, GradRep]] = {
+            self.p.logits: (seed, self.p.reps[self.p.logits])}
         for name in self.p.backward_nodes:
             node = self.g.node(name)
-            out = node.outputs[0].name
-            rep = pending.pop(out)
-            if node.op_type in WEIGHTED_INT:
-                layer = self.layers[name]
-                self.weighted_backward(w, node, layer, rep)
-                if not layer.propagate:
+            gy, rep = pending.pop(node.outputs[0].name)
+            entry = training_lookup(node, "c_train")
+            flows = entry.backward(self, w, node, gy, rep)  # type: ignore[attr-defined]
+            for value, buf, out_rep in flows:
+                if value.name not in self.p.reps:
                     continue
-                flows = layer.dx_rep
-            else:
-                flows = backward_rep(node, rep, self.p.shapes)
-                self.pass_backward(w, node)
-            x = node.inputs[0].name
-            if x in self.p.reps:
-                pending[x] = flows
-
-    def pass_backward(self, w: CWriter, node: Node) -> None:
-        x, y = node.inputs[0].name, node.outputs[0].name
-        gy = self.gradient(y)
-        if node.op_type in RESHAPES:
-            self.gbuf[x] = gy
-            return
-        if node.op_type == "Relu":
-            self.gbuf[x] = gy  # masked in place by input > 0
-            with w.block(f"for (i = 0; i < batch * {self.sizes[x]}; ++i)"):
-                w.line(f"if ({self.activation(x)}[i] <= 0) {gy}[i] = 0;")
-            return
-        geom = self.geometry(node)
-        w.line(f"qt_maxpool(&{geom}, batch * {self.p.shapes[x][0]}, {self.activation(x)}, 0, "
-               f"{gy}, {self.gradient(x)});")
-
-    def weighted_backward(self, w: CWriter, node: Node, layer: LayerProgram,
-                          rep: GradRep) -> None:
-        """train_step._weighted_backward: mask, round and saturate G_A; G_W (exact, or from S
-        ternarizations) rounded and saturated; the bias gradient; the input gradient."""
-        n = c_identifier(node.name)
-        ga = self.gradient(layer.output)
-        count = f"batch * {self.sizes[layer.output]}"
-        if layer.relu:
-            with w.block(f"for (i = 0; i < {count}; ++i)"):
-                w.line(f"if ({self.activation(layer.output)}[i] <= 0) {ga}[i] = 0;")
-        w.line(f"qt_round_gradient({ga}, {count}, {rep.exp}, {rep.divisor}, "
-               f"{int(rep.per_batch)}, {layer.ga_exp}, batch, &rng);")
-        w.line(f"qt_saturate({ga}, {count}, {layer.ga_bits}, &clipped);")
-        samples = self.p.options.grad_ternary if layer.trainable else 0
-        tern, scale = "0", "tbp_s" if samples else "1"  # how the input gradient reads G_A
-        with w.block(""):
-            if samples:
-                w.lines_of([f"const int64_t tbp_s = qt_absmax({ga}, {count});",
-                            "const qt_tern tbp = {&rng, tbp_s};"])
-            if samples and layer.propagate:  # t_1 · s flows on: sample 1 replayed from here
-                w.lines_of(["qt_rng first = rng;", "const qt_tern tbp_first = {&first, tbp_s};"])
-                tern = "&tbp_first"
-            if layer.trainable:
-                self.weight_gradient(w, node, layer, ga, count, samples)
-            if layer.propagate:
-                mult = "0"
-                if layer.binary:
-                    mult = self.array("int32_t", f"amult_{n}", list(layer.alpha_mult),
-                                      const=True)
-                w.line(f"qt_conv_input_grad(&geom_{n}, batch, w_{n}, {ga}, {tern}, {scale}, "
-                       f"{mult}, {self.gradient(layer.input)});")
-
-    def weight_gradient(self, w: CWriter, node: Node, layer: LayerProgram, ga: str,
-                        count: str, samples: int) -> None:
-        """train_step._weight_gradient and the bias gradient sum (exact, int64)."""
-        n = c_identifier(node.name)
-        size = int(np.prod(layer.weight_shape))
-        gw = self.array("qt_grad", f"gw_{n}", None, size)
-        xb = self.activation(layer.input)
-        if samples:
-            w.comment(f"seeds/000 Algorithm 1: G_W = s/{samples} sum of {samples} "
-                      "ternarizations of G_A times A")
-            with w.block(f"for (k = 0; k < {samples}; ++k)"):
-                w.line(f"qt_conv_weight_grad(&geom_{n}, batch, {xb}, {ga}, &tbp, k > 0, {gw});")
-            w.line(f"qt_scale({gw}, {size}, tbp_s);")
-        else:
-            w.line(f"qt_conv_weight_grad(&geom_{n}, batch, {xb}, {ga}, 0, 0, {gw});")
-        w.line(f"qt_round_gradient({gw}, {size}, {layer.ga_exp + layer.x_exp}, "
-               f"{max(samples, 1)}, 0, {layer.gw_exp}, 1, &rng);")
-        w.line(f"qt_saturate({gw}, {size}, {layer.gw_bits}, &clipped);")
-        if layer.bias is None:
-            return
-        gb = self.array("int64_t", f"gb_{n}", None, layer.out_channels)
-        plane = self.sizes[layer.output] // layer.out_channels
-        with w.block(f"for (i = 0; i < {layer.out_channels}; ++i)"):
-            w.line(f"{gb}[i] = 0;")
-        with w.block(f"for (i = 0; i < {count}; ++i)"):
-            w.line(f"{gb}[(i / {plane}) % {layer.out_channels}] += {ga}[i];")
+                if value.name not in pending:
+                    pending[value.name] = (buf, out_rep)
+                    continue
+                old, old_rep = pending[value.name]
+                exp = min(old_rep.exp, out_rep.exp)
+                w.line(f"qcc_add_grad({old}, batch * {self.sizes[value.name]}, "
+                       f"{old_rep.exp - exp}, {buf}, {out_rep.exp - exp});")
+                pending[value.name] = (old, replace(out_rep, exp=exp))
 
     # -- update ------------------------------------------------------------------------------
     def update(self, w: CWriter) -> None:
@@ -391,17 +395,17 @@ class _Emitter:
             rule = RULE_CHAR[layer.update]
             if layer.binary:
                 alpha = self.array("int32_t", f"aacc_{n}", list(layer.alpha_acc), const=True)
-                w.line(f"qt_update_binary('{rule}', {size}, {size // layer.out_channels}, w_{n}, "
-                       f"{acc}, gw_{n}, {ushift}, {alpha}, &rng, &clipped);")
+                w.line(f"qcc_update_binary('{rule}', {size}, {size // layer.out_channels}, "
+                       f"w_{n}, {acc}, gw_{n}, {ushift}, {alpha}, &rng, &clipped);")
             else:
-                w.line(f"qt_update_fixed('{rule}', {size}, w_{n}, {acc}, gw_{n}, {ushift}, "
+                w.line(f"qcc_update_fixed('{rule}', {size}, w_{n}, {acc}, gw_{n}, {ushift}, "
                        f"{layer.acc_bits}, {layer.w_lo}, {layer.w_hi}, &rng, &clipped);")
             if layer.bias is not None:
                 self.array("int32_t", f"bm_{n}", list(self.state.bias_master[layer.name]))
                 self.array("int32_t", f"bmult_{n}", list(layer.bias_mult), const=True)
                 self.array("int32_t", f"bshift_{n}", list(layer.bias_shift), const=True)
-                w.line(f"qt_update_bias({layer.out_channels}, bm_{n}, b_{n}, gb_{n}, {ushift}, "
-                       f"bmult_{n}, bshift_{n}, &clipped);")
+                w.line(f"qcc_update_bias({layer.out_channels}, bm_{n}, b_{n}, gb_{n}, "
+                       f"{ushift}, bmult_{n}, bshift_{n}, &clipped);")
 
     def export(self, w: CWriter) -> None:
         for e in export_layout(self.p):
@@ -432,75 +436,107 @@ class TrainSource:
 def emit_train(integer: Graph, program: TrainingProgram, state: TrainState, name: str,
                in_ctype: str) -> TrainSource:
     """The train step of `integer` (the compiled state's values) as C."""
-    _check(program, integer)
+    _check(program)
     name = c_identifier(name)
     upper = name.upper()
-    e = _Emitter(integer, program, state, name)
+    e = TrainEmitter(integer, program, state, name)
+    for layer in program.trained:  # the trained layers' forward reads and writes the batch
+        e.wide(layer.input)
+        e.wide(layer.output)
+    e.wide(program.logits)
     fwd, bwd, upd, exp = CWriter(), CWriter(), CWriter(), CWriter()
-    e.forward(fwd)
-    logits = e.activation(program.logits)
-    bwd.line(f"qt_grad *const seed = {e.gradient(program.logits)};")
-    with bwd.block("for (i = 0; i < batch; ++i)"):
-        bwd.line(f"qt_ce_gradient({logits} + i * {program.classes}, {program.classes}, "
-                 f"{program.logits_exp}, labels[i], EXP2_LUT, seed + i * {program.classes});")
-    e.backward(bwd)
+    e.plan_forward()
+    e.backward(bwd)  # first: it decides which tensors the forward keeps
     e.update(upd)
+    e.forward(fwd)
     e.export(exp)
     export_size = sum(s.size for s in export_layout(program))
     harness = HARNESS.read_text().replace("@NAME@", name).replace("@UPPER@", upper)
     files = {f"{name}_train.h": _header(name, upper, in_ctype, program, export_size),
              "train_harness.c": harness.replace("@INPUT_T@", in_ctype),
-             f"{name}_train_rt.h": RUNTIME.read_text(),
-             f"{name}_train.c": _source(e, name, upper, in_ctype, fwd, bwd, upd, exp,
-                                        program)}
+             f"{name}_train.c": _source(e, name, upper, fwd, bwd, upd, exp, program)}
     ram = dict(e.ram, scalars=SCALAR_BYTES)
     return TrainSource(files, f"int{e.grad_bits}_t", ram)
 
 
 def _header(name: str, upper: str, in_ctype: str, program: TrainingProgram,
             export_size: int) -> str:
+    o = program.options
     w = CWriter()
-    w.comment(f"{name}_train.h: generated by qcc; the fixed-point train step of {name} "
-              f"(update {program.options.update}, lr 2^{program.options.lr_exp}).")
+    ternary = f", {o.grad_ternary} ternarized gradient samples" if o.grad_ternary else ""
+    w.comment(f"{name}_train.h: generated by qcc; do not edit.\n"
+              f"The fixed-point train step of {name} (update {o.update}, learning rate "
+              f"2^{o.lr_exp}, batch up to {o.batch}{ternary}): forward, softmax cross-entropy "
+              "gradient, backward and update in integers only, the same bits as qcc's NumPy "
+              "train step. The trained weights, accumulators and PRNG live in static RAM (no "
+              "malloc): the functions are not reentrant. Input codes are those of "
+              f"{name}_quantize_input ({name}.h). Every function returns {upper}_TRAIN_OK (0) "
+              "or a count, or a positive error code, and changes nothing when it refuses.")
     w.lines_of([f"#ifndef {upper}_TRAIN_H", f"#define {upper}_TRAIN_H", "",
-                "#include <stdint.h>", "",
-                f"#define {upper}_TRAIN_OK 0", f"#define {upper}_TRAIN_ERR_NULL -1",
-                f"#define {upper}_TRAIN_ERR_BATCH -2", f"#define {upper}_TRAIN_ERR_LABEL -3",
-                f"#define {upper}_TRAIN_ERR_SIZE -4",
-                f"#define {upper}_TRAIN_MAX_BATCH {program.options.batch}",
+                "#include <stdint.h>", "", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
+                f"#define {upper}_TRAIN_OK 0",
+                f"#define {upper}_TRAIN_ERR_NULL 1  /* a null pointer */",
+                f"#define {upper}_TRAIN_ERR_BATCH 2  /* batch < 1 or above MAX_BATCH */",
+                f"#define {upper}_TRAIN_ERR_LABEL 3  /* a label outside 0 .. CLASSES - 1 */",
+                f"#define {upper}_TRAIN_ERR_SIZE 4  /* an output array too small */", "",
+                f"#define {upper}_TRAIN_MAX_BATCH {o.batch}  /* the compiled --train-batch */",
                 f"#define {upper}_TRAIN_CLASSES {program.classes}",
-                f"#define {upper}_TRAIN_INPUT_SIZE {int(np.prod(program.shapes[program.input]))}",
-                f"#define {upper}_TRAIN_EXPORT_SIZE {export_size}", "",
-                f"typedef {in_ctype} {name}_train_input_t; /* the input codes */", "",
-                f"int {name}_train_step(const {name}_train_input_t *x, const int32_t *labels, "
-                "int batch);",
-                f"int {name}_export_weights(int32_t *out, int32_t size);",
-                f"int {name}_train_logits(int32_t *out, int32_t size);",
-                f"uint32_t {name}_train_clipped(void);", "",
-                f"#endif /* {upper}_TRAIN_H */"])
+                f"#define {upper}_TRAIN_INPUT_SIZE {int(np.prod(program.shapes[program.input]))}"
+                "  /* codes per sample */",
+                f"#define {upper}_TRAIN_EXPORT_SIZE {export_size}  /* int32 values exported */",
+                "", f"typedef {in_ctype} {name}_train_input_t; /* the input codes */", ""])
+    for comment, decl in (
+            (f"One training step on `batch` samples: x holds batch * {upper}_TRAIN_INPUT_SIZE "
+             f"input codes (sample after sample), labels one class per sample. Returns {upper}"
+             "_TRAIN_OK or ERR_NULL, ERR_BATCH, ERR_LABEL.",
+             f"int {name}_train_step(const {name}_train_input_t *x, const int32_t *labels, "
+             "int batch);"),
+            (f"The training state into out (size >= {upper}_TRAIN_EXPORT_SIZE): per trained "
+             "layer in graph order its weight codes, bias codes, accumulator (fx, bc) and "
+             "master bias, then the PRNG seed, counter and step count. Returns the number "
+             "written or ERR_NULL, ERR_SIZE.",
+             f"int {name}_export_weights(int32_t *out, int32_t size);"),
+            (f"The last step's logits codes (batch * {upper}_TRAIN_CLASSES, sample after "
+             "sample) into out. Returns the number written or ERR_NULL, ERR_SIZE.",
+             f"int {name}_train_logits(int32_t *out, int32_t size);"),
+            ("Gradient, weight and bias values saturated so far (all steps).",
+             f"uint32_t {name}_train_clipped(void);")):
+        w.comment(comment)
+        w.line(decl)
+    w.lines_of(["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {upper}_TRAIN_H */"])
     return w.text()
 
 
-def _source(e: _Emitter, name: str, upper: str, in_ctype: str, fwd: CWriter, bwd: CWriter,
+def _source(e: TrainEmitter, name: str, upper: str, fwd: CWriter, bwd: CWriter,
             upd: CWriter, exp: CWriter, program: TrainingProgram) -> str:
     w = CWriter()
     w.comment(f"{name}_train.c: generated by qcc; do not edit. One fixed-point train step, the\n"
-              "same bits as backends/numpy_int/train_step.py (its docstring is the spec).")
+              "same bits as backends/numpy_int/train_step.py (its docstring is the spec).\n"
+              f"Links with {name}_runtime.c; the frozen layers run the inference kernels.")
     w.lines_of(["#include <stddef.h>", "#include <stdint.h>", "", f'#include "{name}_train.h"'])
-    w.directive(f"#define QT_GRAD_BITS {e.grad_bits} /* train_emit.gradient_bound */")
-    w.lines_of([f'#include "{name}_train_rt.h"', ""])
+    w.directive(f"#define {upper}_GRAD_BITS {e.grad_bits} /* train_emit.gradient_bound */")
+    w.lines_of([f'#include "{name}_runtime.h"', ""])
+    w.lines_of([f"#ifndef {upper}_PATCH_BLOCK", "#if defined(__arm__) && !defined(__aarch64__)",
+                f"#define {upper}_PATCH_BLOCK 4", "#else", f"#define {upper}_PATCH_BLOCK 8",
+                "#endif", "#endif", ""])
     w.array("static const int64_t EXP2_LUT[257]", [int(v) for v in EXP2_LUT])
     w.line("")
-    codes_in = split_edges(e.g).input_codes.name
-    x_buf = e.activation(codes_in)
     w.lines_of(e.decl.lines)
-    w.lines_of([f"static qt_rng rng = {{{e.state.rng.seed}u, {e.state.rng.counter}u}};",
+    w.line("")
+    for node_name, body in e.functions:
+        consts = e.ctx.constants.get(node_name)
+        if consts is not None:
+            w.lines_of(consts.lines)
+        w.lines_of(body.text().rstrip("\n").split("\n"))
+        w.line("")
+    w.lines_of([f"static qcc_rng rng = {{{e.state.rng.seed}u, {e.state.rng.counter}u}};",
                 f"static uint32_t steps = {e.state.step}u;", "static uint32_t clipped = 0u;",
                 "static int32_t last_batch = 0;", ""])
-    size = e.sizes[codes_in]
     with w.block(f"int {name}_train_step(const {name}_train_input_t *x, "
                  "const int32_t *labels, int batch)"):
-        w.line("int32_t i, k;" if program.options.grad_ternary else "int32_t i;")
+        w.line("int32_t i, s;" + (" int32_t k;" if program.options.grad_ternary else ""))
+        if e.memory.arena_size:
+            w.line("uint8_t *const arena = (uint8_t *)f_arena;")
         with w.block("if (x == NULL || labels == NULL)"):
             w.line(f"return {upper}_TRAIN_ERR_NULL;")
         with w.block(f"if (batch < 1 || batch > {upper}_TRAIN_MAX_BATCH)"):
@@ -508,10 +544,9 @@ def _source(e: _Emitter, name: str, upper: str, in_ctype: str, fwd: CWriter, bwd
         with w.block("for (i = 0; i < batch; ++i)"):
             with w.block(f"if (labels[i] < 0 || labels[i] >= {upper}_TRAIN_CLASSES)"):
                 w.line(f"return {upper}_TRAIN_ERR_LABEL;")
-        with w.block(f"for (i = 0; i < batch * {size}; ++i)"):
-            w.line(f"{x_buf}[i] = (int32_t)x[i];")
-        w.comment("1. forward, every tensor kept")
-        w.lines_of(fwd.lines)
+        w.comment("1. forward, sample by sample; the tensors the backward reads are kept")
+        with w.block("for (s = 0; s < batch; ++s)"):
+            w.lines_of(fwd.lines)
         w.comment("2. loss gradient (Q.24), 3. backward")
         w.lines_of(bwd.lines)
         w.comment("4. update, trained layers in graph order")
@@ -527,7 +562,7 @@ def _source(e: _Emitter, name: str, upper: str, in_ctype: str, fwd: CWriter, bwd
         w.lines_of(exp.lines)
         w.line("return at;")
     w.line("")
-    logits = e.activation(program.logits)
+    logits = e.wide(program.logits)
     with w.block(f"int {name}_train_logits(int32_t *out, int32_t size)"):
         w.line("int32_t i;")
         with w.block(f"if (out == NULL || size < last_batch * {upper}_TRAIN_CLASSES)"):
@@ -538,7 +573,8 @@ def _source(e: _Emitter, name: str, upper: str, in_ctype: str, fwd: CWriter, bwd
     w.line("")
     with w.block(f"uint32_t {name}_train_clipped(void)"):
         w.line("return clipped;")
-    return w.text()
+    # the runtime is copied with its `qcc_` prefix renamed to the model's (library.py)
+    return re.sub(r"\bqcc_", f"{name}_", w.text())
 
 
 def write_train(outdir: Path, integer: Graph, program: TrainingProgram, state: TrainState,

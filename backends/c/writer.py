@@ -7,12 +7,45 @@ readable without a formatter.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 INDENT = "    "
 WRAP = 100  # columns of generated array literals
+# Printable ASCII that needs no escape anywhere in C text; everything else goes through c_text
+_PLAIN = {chr(c) for c in range(0x20, 0x7F)} - {"\\", '"'}
+
+
+def c_text(text: str) -> str:
+    """`text` (a model's node or tensor name, a file name: anything qcc did not write) made
+    inert inside a C comment and a C string literal alike, so no input can end a comment,
+    end a string or add code.
+
+    Backslash and double quote are escaped; every other byte outside printable ASCII (newlines,
+    control characters, UTF-8 sequences) becomes a three-digit octal escape; `*/`, `/*` and `//`
+    get their slash as \\057 and `??` its second mark as \\077 (no trigraph). Inside a string
+    literal the result reads back as the original UTF-8 bytes; inside a comment it is inert text.
+    Ordinary names (letters, digits, `_ . - : /`) come out unchanged.
+    """
+    out: list[str] = []
+    for ch in text:
+        if ch in _PLAIN:
+            out.append(ch)
+        elif ch in ("\\", '"'):
+            out.append("\\" + ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8", "surrogatepass"))
+    escaped = "".join(out)
+    # a slash next to a star (either side) or another slash, and a doubled question mark
+    escaped = re.sub(r"(?<=[*/])/|/(?=[*/])", r"\\057", escaped)
+    return re.sub(r"(?<=\?)\?", r"\\077", escaped)
+
+
+def c_comment(text: str) -> str:
+    """`/* text */` on one line, `text` escaped by c_text (for a comment after code)."""
+    return f"/* {c_text(text)} */"
 
 
 class CWriter:
@@ -35,9 +68,9 @@ class CWriter:
 
     def comment(self, text: str) -> None:
         """A /* ... */ comment, wrapped to WRAP columns; several lines when `text` has
-        newlines or is long."""
+        newlines or is long. Every row goes through c_text, so text from a model is inert."""
         width = WRAP - len(INDENT) * self.depth - 6
-        rows = [part for row in text.split("\n")
+        rows = [c_text(part) for row in text.split("\n")
                 for part in (textwrap.wrap(row, width, break_on_hyphens=False) or [""])]
         if len(rows) == 1:
             self.line(f"/* {rows[0]} */")

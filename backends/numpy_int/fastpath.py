@@ -42,13 +42,13 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from backends.numpy_int.codes import MAX_MULTIPLIER, storage_dtype
 from backends.numpy_int.interpreter import count_overflow
-from qcc.ir import Node
-from qcc.ops import nn
+from qcc.core.ir import Node
+from qcc.core.layers import is_conv, weight_rows
+from qcc.core.ops import nn
+from qcc.core.requant import Requant, requant_of
 
 EXACT_BELOW = {np.dtype(np.float32): 1 << 24, np.dtype(np.float64): 1 << 53}
-MAX_SHIFT = 62  # the int64 path's limit too
 
 
 # -- requantization of a float accumulator -------------------------------------------------
@@ -94,29 +94,25 @@ class Rescale:
         return codes, saturated
 
 
-def build_rescale(attrs: dict, acc_bound: list[int], bias: list[int], shape: tuple[int, ...],
-                  dtype: np.dtype) -> tuple[Rescale, np.dtype] | None:
-    """The Rescale of a node's `multiplier`, `shift`, `out_zero_point`, `out_lo`, `out_hi`,
-    `relu` attributes for accumulators bounded per channel by `acc_bound` (before the integer
-    `bias`), with its float type; None when no float type is exact or an attribute is out of
-    the int64 path's range (that path then runs, and refuses what it must)."""
+def build_rescale(req: Requant, acc_bound: list[int], bias: list[int], shape: tuple[int, ...]
+                  ) -> tuple[Rescale, np.dtype] | None:
+    """The Rescale of a node's Requant (qcc.core.requant) for accumulators bounded per channel
+    by `acc_bound` (before the integer `bias`), with its float type; None when no float type is
+    exact or the constants are out of the int64 path's range (that path then runs, and refuses
+    what it must)."""
     channels = len(acc_bound)
-    multiplier = _per_channel(attrs.get("multiplier", 1), channels)
-    shift = _per_channel(attrs.get("shift", 0), channels)
-    if multiplier is None or shift is None:
+    found = req.per_channel(channels)
+    if found is None or not req.valid:
         return None
-    if min(multiplier) < 1 or max(multiplier) >= MAX_MULTIPLIER or not 0 <= min(shift) <= max(
-            shift) <= MAX_SHIFT:
-        return None
-    zp, relu = int(attrs.get("out_zero_point", 0)), bool(attrs.get("relu", 0))
-    lo, hi = int(attrs["out_lo"]), int(attrs["out_hi"])
+    multiplier, shift = found
+    zp, relu, lo, hi, dtype = req.zero_point, req.relu, req.lo, req.hi, req.dtype
     halves = [(1 << s) >> 1 for s in shift]
     bound = max((a + abs(b)) * m + h + (abs(zp) << s)
                 for a, b, m, h, s in zip(acc_bound, bias, multiplier, halves, shift))
     ft = next((t for t, limit in EXACT_BELOW.items() if bound < limit), None)
     if ft is None:
         return None
-    floor = max(lo, zp) if relu else lo
+    floor = req.floor
     if relu and lo <= zp <= hi:  # the ReLU form: the half and zp in the offset, scale M·2^−S
         scale = [math.ldexp(m, -s) for m, s in zip(multiplier, shift)]
         offset = [math.ldexp(b * m + h + (zp << s), -s)
@@ -135,22 +131,11 @@ def build_rescale(attrs: dict, acc_bound: list[int], bias: list[int], shape: tup
                    None if relu else lo, False, dtype), ft
 
 
-def _per_channel(value: int | list[int], channels: int) -> list[int] | None:
-    values = [int(v) for v in np.asarray(value, np.int64).reshape(-1)]
-    if len(values) == 1:
-        return values * channels
-    return values if len(values) == channels else None
-
-
 def _constant(values: list[float], shape: tuple[int, ...], ft: np.dtype) -> np.ndarray:
     """Per-channel constants shaped to broadcast against y; a scalar when all are equal."""
     if all(v == values[0] for v in values):
         return np.asarray(values[0], ft)
     return np.asarray(values, ft).reshape(shape)
-
-
-def _out_dtype(attrs: dict) -> np.dtype:
-    return storage_dtype(int(attrs["out_lo"]), int(attrs["out_hi"]))
 
 
 def input_bound(dtype: np.dtype, zero_point: int) -> int | None:
@@ -190,15 +175,14 @@ def _build_dot(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -
     bound = input_bound(x.dtype, zx)
     if bound is None or w.dtype.kind not in "iu" or (b is not None and b.dtype.kind not in "iu"):
         return None
-    conv = node.op_type == "QConv"
-    rows = w.reshape(w.shape[0], -1) if conv or node.attrs.get("transB", 0) else w.T
-    rows = rows.astype(np.int64)  # (M, K)
+    conv = is_conv(node)
+    rows = weight_rows(node, w).astype(np.int64)  # (M, K)
     bias = [0] * rows.shape[0] if b is None else [int(v) for v in np.asarray(b).reshape(-1)]
     if len(bias) != rows.shape[0]:
         return None
     norms = np.abs(rows).sum(axis=1)
-    found = build_rescale(node.attrs, [bound * int(n) for n in norms], bias,
-                          (-1, 1) if conv else (-1,), _out_dtype(node.attrs))
+    found = build_rescale(requant_of(node), [bound * int(n) for n in norms], bias,
+                          (-1, 1) if conv else (-1,))
     if found is None:
         return None
     rescale, ft = found
@@ -231,7 +215,7 @@ def run_gemm(node: Node, plan: _Dot, x: np.ndarray) -> np.ndarray:
 
 
 def run_conv(node: Node, plan: _Dot, x: np.ndarray, w_shape: tuple[int, ...]) -> np.ndarray:
-    """QConv codes: im2col over a zero-padded channel-major buffer (qcc.ops.nn's ConvPlan) with
+    """QConv codes: im2col over a zero-padded channel-major buffer (qcc.core.ops.nn's ConvPlan) with
     a row of ones, one GEMM per group, requantized per output channel; in chunks of images
     whose patch matrix stays near nn.CHUNK_BYTES, as the float Conv runs."""
     chunk, whole, win = _conv_geometry(node, plan, x.shape, w_shape)
@@ -355,11 +339,11 @@ def _build_sum(node: Node, dtypes: tuple[np.dtype, ...]) -> _Sum | None:
     ranges = [input_bound(d, 0) for d in dtypes]
     if None in ranges or len(multipliers) != len(dtypes) or len(zero_points) != len(dtypes):
         return None
-    # the raw codes are summed (each partial sum <= Σ r_i·M_i), the zero points come in the bias
-    attrs = {k: v for k, v in a.items() if k not in ("multipliers", "zero_points")}
-    found = build_rescale(attrs, [sum(r * abs(m) for r, m in zip(ranges, multipliers))],
-                          [-sum(z * m for z, m in zip(zero_points, multipliers))], (),
-                          _out_dtype(a))
+    # the raw codes are summed (each partial sum <= Σ r_i·M_i), the zero points come in the
+    # bias; the node's Requant has M = 1 (qcc.core.requant)
+    found = build_rescale(requant_of(node),
+                          [sum(r * abs(m) for r, m in zip(ranges, multipliers))],
+                          [-sum(z * m for z, m in zip(zero_points, multipliers))], ())
     if found is None:
         return None
     rescale, ft = found

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qcc.errors import QccError
-from qcc.float_exec import check_feeds
-from qcc.ir import Graph, Node
-from qcc.registry import OpDef, lookup
+from qcc.core.errors import QccError
+from qcc.core.float_exec import check_feeds
+from qcc.core.ir import Graph, Node
+from qcc.core.registry import OpDef, lookup
 
 _OVERFLOWS: ContextVar[dict[str, int] | None] = ContextVar("qcc_overflows", default=None)
 
@@ -95,3 +95,17 @@ def _run_node(node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:
         raise QccError(f"op {node.op_type} (node {node.name!r}) has no integer kernel")
     outs = list(result) if isinstance(result, (tuple, list)) else [result]
     return [np.asarray(o) for o in outs[: len(node.outputs)]]
+
+
+def integer_predictions(graph: Graph, x: np.ndarray, batch: int = 256
+                        ) -> tuple[np.ndarray, RunReport]:
+    """Class predictions of the integer graph, with the saturation counts summed over batches."""
+    total = RunReport()
+    preds = []
+    for start in range(0, len(x), batch):
+        out, report = run_integer(graph, {graph.inputs[0].name: x[start:start + batch]},
+                                  check=False)
+        preds.append(out[graph.outputs[0].name].argmax(axis=1))
+        for tensor, count in report.overflows.items():
+            total.overflows[tensor] = total.overflows.get(tensor, 0) + count
+    return np.concatenate(preds), total

@@ -6,7 +6,7 @@ The arithmetic, written down once (the C runtime mirrors it function for functio
   first. GEMMs run on BLAS in float32 when every partial sum is provably below 2^24 in
   magnitude, in float64 below 2^53, and are refused above that; both give the exact integer.
 - `requantize(acc, M, S, zp)` = round_shift(acc · M, S) + zp, one rounding, to nearest with ties
-  away from zero (qcc.numerics.rounding.round_shift), then saturation to the output format's
+  away from zero (qcc.core.numerics.rounding.round_shift), then saturation to the output format's
   code range [lo, hi] (counted as overflow) and the fused-ReLU clamp at the zero point (not
   counted). Fixed point has M a power of two, so requantization is a pure shift. M < 2^24 and
   |acc · M| < 2^62 is checked.
@@ -24,35 +24,28 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from backends.numpy_int import fastpath, xnor
-from backends.numpy_int.codes import MAX_MULTIPLIER, storage_dtype
 from backends.numpy_int.interpreter import count_overflow
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.numerics.rounding import round_half_away
-from qcc.ops import nn
-from qcc.registry import OPS, int_kernel
-
-# ops whose float kernel only moves, selects or compares elements: exact on codes
-CODE_PRESERVING = ("Relu", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose",
-                   "Identity", "Dropout", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split",
-                   "Gather", "Shape", "Constant", "ConstantOfShape")
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.layers import weight_rows
+from qcc.core.numerics.codes import storage_dtype
+from qcc.core.numerics.rounding import round_half_away
+from qcc.core.numerics.softmax import SoftmaxTables, integer_softmax_nd
+from qcc.core.ops import nn
+from qcc.core.registry import OPS, int_kernel
+from qcc.core.requant import Requant, requant_of
 
 
 @dataclass(frozen=True)
 class _Requant:
-    """A node's requantization constants, checked and shaped once."""
+    """A node's Requant (qcc.core.requant) as arrays shaped for the accumulator, built once."""
 
+    req: Requant
     multiplier: np.ndarray
     shift: np.ndarray
     half: np.ndarray  # 2^(S-1) where S > 0, else 0
     rounds: np.ndarray  # S > 0
     unit: bool  # M == 1 everywhere: a pure shift
-    zero_point: int
-    lo: int
-    hi: int
-    floor: int  # lo, or the zero point with a fused ReLU
-    relu: bool
-    dtype: np.dtype
 
 
 _REQUANT: WeakKeyDictionary[Node, _Requant] = WeakKeyDictionary()
@@ -62,38 +55,34 @@ def _requant_params(node: Node, ndim: int, axis: int | None) -> _Requant:
     params = _REQUANT.get(node)
     if params is not None and params.multiplier.ndim in (0, ndim):
         return params
-    a = node.attrs
-    multiplier = _per_channel(a.get("multiplier", 1), ndim, axis)
-    shift = _per_channel(a.get("shift", 0), ndim, axis)
-    if np.any(multiplier < 1) or np.any(multiplier >= MAX_MULTIPLIER) or np.any(shift < 0):
-        raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24 and S >= 0")
-    zero_point, relu = int(a.get("out_zero_point", 0)), bool(a.get("relu", 0))
-    lo, hi = int(a["out_lo"]), int(a["out_hi"])
-    params = _Requant(multiplier, shift, np.where(shift > 0, np.left_shift(
-        np.int64(1), np.maximum(shift - 1, 0)), 0), shift > 0, bool(np.all(multiplier == 1)),
-        zero_point, lo, hi, max(lo, zero_point) if relu else lo, relu, storage_dtype(lo, hi))
+    req = requant_of(node).check(node)
+    multiplier = _per_channel(list(req.multipliers), ndim, axis)
+    shift = _per_channel(list(req.shifts), ndim, axis)
+    params = _Requant(req, multiplier, shift, np.where(shift > 0, np.left_shift(
+        np.int64(1), np.maximum(shift - 1, 0)), 0), shift > 0, bool(np.all(multiplier == 1)))
     _REQUANT[node] = params
     return params
 
 
 def requantize(acc: np.ndarray, node: Node, axis: int | None = None) -> np.ndarray:
-    """acc (int64) -> output codes by the node's `multiplier`, `shift`, `out_zero_point`,
-    `out_lo`, `out_hi` and `relu` attributes; per-channel along `axis` when they are lists."""
+    """acc (int64) -> output codes by the node's Requant (qcc.core.requant); per-channel along
+    `axis` when it has one multiplier and shift per channel."""
     p = _requant_params(node, acc.ndim, axis)
+    req = p.req
     peak = max(-int(acc.min()), int(acc.max())) if acc.size else 0
     if peak * int(p.multiplier.max()) >= 1 << 62:
         raise QccError(f"node {node.name!r}: accumulator too large to requantize exactly")
     v = _shift_rounding(acc if p.unit else acc * p.multiplier, p.shift, p.half, p.rounds)
-    if p.zero_point:
-        v += p.zero_point
+    if req.zero_point:
+        v += req.zero_point
     # values below the zero point that a fused ReLU clamps are not overflows
-    count_overflow(node.outputs[0].name, np.count_nonzero(v > p.hi) if p.relu else
-                   np.count_nonzero((v > p.hi) | (v < p.lo)))
-    return np.clip(v, p.floor, p.hi).astype(p.dtype)
+    count_overflow(node.outputs[0].name, np.count_nonzero(v > req.hi) if req.relu else
+                   np.count_nonzero((v > req.hi) | (v < req.lo)))
+    return np.clip(v, req.floor, req.hi).astype(req.dtype)
 
 
-def _per_channel(value: int | list[int], ndim: int, axis: int | None) -> np.ndarray:
-    array = np.asarray(value, np.int64)
+def _per_channel(value: list[int], ndim: int, axis: int | None) -> np.ndarray:
+    array = np.asarray(value if len(value) > 1 else value[0], np.int64)
     if array.ndim == 0 or axis is None:
         return array
     if np.all(array == array.flat[0]):  # one value for every channel: keep it a scalar
@@ -104,7 +93,7 @@ def _per_channel(value: int | list[int], ndim: int, axis: int | None) -> np.ndar
 
 
 def _round_shift_small(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """qcc.numerics.rounding.round_shift (ties away from zero) for |x| < 2^62."""
+    """qcc.core.numerics.rounding.round_shift (ties away from zero) for |x| < 2^62."""
     return _shift_rounding(x, s, np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)),
                                           0), s > 0)
 
@@ -177,7 +166,7 @@ def qgemm(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
     if plan is not None:  # one exact float GEMM, proven by the node's bound: fastpath.py
         return fastpath.run_gemm(node, plan, x)
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
-    wt = w.T if node.attrs.get("transB", 0) else w
+    wt = weight_rows(node, w).T  # (K, M)
     ft = exact_float_type(wt.shape[0], _absmax(xc), _absmax(wt), node)
     acc = (xc.astype(ft) @ wt.astype(ft)).astype(np.int64)  # exact integers: no rounding
     if b is not None:
@@ -197,21 +186,38 @@ def rescale_sum(node: Node, *xs: np.ndarray) -> np.ndarray:
     zero_points = node.attrs.get("zero_points", [0] * len(xs))
     multipliers = node.attrs["multipliers"]
     total = sum(_centered(x, z) * int(m) for x, z, m in zip(xs, zero_points, multipliers))
-    acc = np.asarray(total, dtype=np.int64)
-    attrs = {k: v for k, v in node.attrs.items() if k not in ("multipliers", "zero_points")}
-    return requantize(acc, Node(node.op_type, node.name, [], node.outputs, attrs))
+    return requantize(np.asarray(total, dtype=np.int64), node)  # M = 1: the input multipliers
+
+
+@int_kernel("QSoftmax")
+def qsoftmax(node: Node, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Softmax of codes by exp tables and one integer division (qcc.core.numerics.softmax)."""
+    a = node.attrs
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    tables = SoftmaxTables(low.astype(np.int64), high.astype(np.int64), int(a["out_frac_bits"]),
+                           int(a["out_zero_point"]), *_bits_of(lo, hi))
+    out = integer_softmax_nd(x, tables, int(a["axis"]), bool(a.get("flatten", 0)))
+    return out.astype(storage_dtype(lo, hi))
+
+
+def _bits_of(lo: int, hi: int) -> tuple[int, bool]:
+    """(bits, signed) of the code range [lo, hi] of a two's complement or unsigned format."""
+    return (hi - lo + 1).bit_length() - 1, lo < 0
 
 
 @int_kernel("Quantize")
 def quantize(node: Node, x: np.ndarray) -> np.ndarray:
-    """Float -> codes at the graph input: round(x / scale) + zp, ties away from zero, saturated."""
+    """Float -> codes at the graph input: round(x / scale) + zp, ties away from zero, saturated;
+    with `perm`, written in that axis order (an NHWC input's Transpose folded in)."""
     a = node.attrs
+    if "perm" in a:
+        x = np.ascontiguousarray(np.transpose(x, [int(p) for p in a["perm"]]))
     v = round_half_away(x.astype(np.float64) / float(a["scale"]))
     zero_point = int(a.get("out_zero_point", 0))
     if zero_point:
         v += zero_point
     lo, hi = int(a["out_lo"]), int(a["out_hi"])
-    if v.size and (v.min() < lo or v.max() > hi):  # NaN never gets here: qcc.io refuses it
+    if v.size and (v.min() < lo or v.max() > hi):  # NaN never gets here: qcc.driver.io refuses it
         count_overflow(node.outputs[0].name, np.count_nonzero((v < lo) | (v > hi)))
     codes = np.empty(v.shape, storage_dtype(lo, hi))
     np.clip(v, lo, hi, out=codes, casting="unsafe")  # exact: v is integral
@@ -225,18 +231,22 @@ def dequantize(node: Node, codes: np.ndarray) -> np.ndarray:
     return (_centered(codes, int(node.attrs.get("zero_point", 0))) * scale).astype(np.float32)
 
 
-@int_kernel("AveragePool", "GlobalAveragePool")
+@int_kernel("AveragePool")
 def average_pool(node: Node, x: np.ndarray) -> np.ndarray:
     """Exact window sums divided by the window counts, to nearest with ties away from zero."""
-    if node.op_type == "GlobalAveragePool":
-        axes = tuple(range(2, x.ndim))
-        total = x.sum(axis=axes, keepdims=True, dtype=np.int64)
-        counts = np.int64(np.prod([x.shape[i] for i in axes]))
-    else:
-        win = nn.pool_window(node, x)
-        xp = win.pad(x.astype(np.int64))
-        total = sum(xp[(..., *sl)] for sl in win.taps())
-        counts = nn.window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+    win = nn.pool_window(node, x)
+    xp = win.pad(x.astype(np.int64))
+    total = sum(xp[(..., *sl)] for sl in win.taps())
+    counts = nn.window_counts(win, bool(node.attrs.get("count_include_pad", 0)))
+    return divide_round(total, counts).astype(x.dtype)
+
+
+@int_kernel("GlobalAveragePool")
+def global_average_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """Exact sums over each channel's plane divided by its size, as `average_pool` rounds."""
+    axes = tuple(range(2, x.ndim))
+    total = x.sum(axis=axes, keepdims=True, dtype=np.int64)
+    counts = np.int64(np.prod([x.shape[i] for i in axes]))
     return divide_round(total, counts).astype(x.dtype)
 
 
@@ -247,11 +257,10 @@ def divide_round(total: np.ndarray, count: np.ndarray | np.int64) -> np.ndarray:
 
 
 def _register_code_preserving() -> None:
-    for op_type in CODE_PRESERVING:
-        entry = OPS.get(op_type)
-        if entry is not None and entry.kernel is not None and entry.int_kernel is None:
+    """Ops that only move codes (OpDef.moves_codes) run their float kernels on codes."""
+    for entry in OPS.values():
+        if entry.moves_codes and entry.kernel is not None and entry.int_kernel is None:
             entry.int_kernel = entry.kernel
 
 
 _register_code_preserving()
-import backends.numpy_int.qlinear  # noqa: E402,F401  (ONNX QLinear / Integer ops, ORT bit-exact)

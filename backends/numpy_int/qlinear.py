@@ -37,11 +37,11 @@ from numpy.typing import NDArray
 
 from backends.numpy_int.interpreter import count_overflow
 from backends.numpy_int.kernels import exact_float_type
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.ops import nn
-from qcc.ops import quantize as qops
-from qcc.registry import float_kernel, int_kernel
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.ops import nn
+from qcc.core.ops import quantize as qops
+from qcc.core.registry import float_kernel, int_kernel
 
 I64 = NDArray[np.int64]
 F32 = tuple[I64, I64]  # (m, e): the float32 value m · 2^e, |m| < 2^24 (0 is m = 0)
@@ -357,7 +357,7 @@ def _emit(node: Node, acc: I64, scale: np.ndarray, zp: np.ndarray | None,
 def quantize_linear(node: Node, x: np.ndarray, y_scale: np.ndarray,
                     y_zero_point: np.ndarray | None = None) -> np.ndarray:
     """The input edge: ONNX QuantizeLinear (float32 division, ties to even, saturation), as
-    qcc.ops.quantize computes it, plus the count of saturated elements."""
+    qcc.core.ops.quantize computes it, plus the count of saturated elements."""
     out = qops.quantize_linear(node, x, y_scale, y_zero_point)
     if out.dtype.kind in "iu" and out.dtype.itemsize <= 2:
         scale = qops.broadcast_param(node, y_scale, x.shape)

@@ -1,9 +1,10 @@
 """One fixed-point training step on the integer graph: forward, softmax cross-entropy gradient,
 backward and update, in integers only, at the five per-tensor precisions of seeds/001
 (B_W, B_A, B_GW, B_GA, B_acc) with the update rules of seeds/003 and the ternarized
-back-propagation of seeds/000. This module, with training/softmax_ce.py, training/gradients.py
-and training/updates.py, is the specification the C train step mirrors bit for bit; the static
-part (formats, shifts, order) comes from passes/training_program.py (TrainingProgram).
+back-propagation of seeds/000. This module, with qcc/core/numerics/softmax_ce.py,
+training/vjps.py, training/gradients.py and training/updates.py, is the specification the C
+train step mirrors bit for bit; the static part (formats, shifts, order) comes from
+passes/training_program.py (TrainingProgram).
 
 State (per trained layer, in graph order; arrays row-major in the weight's ONNX layout)
 - weight codes: the layer's weight constant in the integer graph (B_W-bit codes; binary ±1);
@@ -12,7 +13,7 @@ State (per trained layer, in graph order; arrays row-major in the weight's ONNX 
   bc: H, the whole high-precision weight (fixed: P·2^B + A; binary: the BinaryConnect weight);
   sr and r keep none;
 - bias_master[layer], int32, one per output channel (updates.py);
-- rng = (seed, counter), both uint32 (qcc.numerics.rounding's counter-based PRNG), and step.
+- rng = (seed, counter), both uint32 (qcc.core.numerics.rounding's counter-based PRNG), and step.
 train_state.npz stores `acc.<layer>`, `bias_master.<layer>`, `rng_seed`, `rng_counter`, `step`.
 
 A step on x (N <= the compiled batch samples), labels y, learning rate 2^lr_exp:
@@ -25,7 +26,7 @@ A step on x (N <= the compiled batch samples), labels y, learning rate 2^lr_exp:
      fused ReLU, is rounded to G_A(l) at step 2^ga_exp (gradients.round_gradient: DRAWS one per
      element unless exact) and saturated to B_GA bits. If l is trained:
        with --grad-ternary S: S stochastic ternarizations t_1..t_S of G_A(l)
-       (qcc.numerics.binary.stochastic_ternarize: DRAWS one per element, sample after sample),
+       (qcc.core.numerics.binary.stochastic_ternarize: DRAWS one per element, sample after sample),
        s = max|G_A(l)|, G_W = s · Σ_k t_kᵀ A_l at step 2^(ga_exp + x_exp) with divisor S
        (seeds/000 Algorithm 1); without: G_W = G_A(l)ᵀ A_l exactly;
        G_W is rounded to step 2^gw_exp (DRAWS one per weight unless exact), saturated to B_GW
@@ -60,58 +61,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backends.numpy_int.interpreter import run_integer
-from backends.numpy_int.training import gradients as G
-from backends.numpy_int.training.softmax_ce import ce_gradient_q24, float_loss
 from backends.numpy_int.training.updates import (
     step_units,
     update_bias,
     update_binary,
     update_fixed,
 )
+from backends.numpy_int.training.vjps import Backward
 from passes.training_program import (
-    WEIGHTED_INT,
     GradRep,
     LayerProgram,
     TrainingProgram,
-    backward_rep,
+    TrainState,
 )
-from qcc.errors import QccError
-from qcc.ir import Graph, Node
-from qcc.numerics.binary import stochastic_ternarize
-from qcc.numerics.rounding import INT32_MAX, INT32_MIN, RngState, round_half_away
-from qcc.ops.grads import global_maxpool_vjp, maxpool_vjp, pool_geometry, spread
+from qcc.core.errors import QccError
+from qcc.core.ir import Graph
+from qcc.core.numerics.rounding import INT32_MAX, INT32_MIN, RngState, round_half_away
+from qcc.core.numerics.softmax_ce import ce_gradient_q24, float_loss
+from qcc.core.registry import training_lookup
 
 I64 = NDArray[np.int64]
 Grad = tuple[I64, GradRep]
-
-
-@dataclass
-class TrainState:
-    """The mutable training state besides the graph's weight and bias codes."""
-
-    acc: dict[str, I64]
-    bias_master: dict[str, I64]
-    rng: RngState
-    step: int = 0
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {f"acc.{k}": v.astype(np.int32)
-                                         for k, v in self.acc.items()}
-        arrays.update({f"bias_master.{k}": v.astype(np.int32)
-                       for k, v in self.bias_master.items()})
-        arrays.update(rng_seed=np.uint32(self.rng.seed), rng_counter=np.uint32(self.rng.counter),
-                      step=np.uint32(self.step & 0xFFFFFFFF))
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrainState:
-        def part(prefix: str) -> dict[str, I64]:
-            return {k[len(prefix):]: np.asarray(v, np.int64) for k, v in arrays.items()
-                    if k.startswith(prefix)}
-
-        return cls(part("acc."), part("bias_master."),
-                   RngState(int(arrays["rng_seed"]), int(arrays["rng_counter"])),
-                   int(arrays["step"]))
 
 
 @dataclass
@@ -231,29 +201,18 @@ def check_lr(program: TrainingProgram, lr_exp: int) -> None:
 def backward(program: TrainingProgram, integer: Graph, env: dict[str, np.ndarray],
              seed: Grad, batch: int, rng: RngState, clipped: dict[str, int]
              ) -> tuple[dict[str, tuple[I64, I64 | None]], RngState]:
-    """Step 3: {trained layer: (G_W codes, bias gradient sum)} and the advanced PRNG."""
+    """Step 3: {trained layer: (G_W codes, bias gradient sum)} and the advanced PRNG. Each node
+    runs its op's registered integer backward (training/vjps.py)."""
     pending: dict[str, Grad] = {program.logits: seed}
-    layers = {layer.name: layer for layer in program.layers}
-    samples = program.options.grad_ternary
-    results = {}
+    step = Backward(program, env, batch, rng, clipped)
     for name in program.backward_nodes:
         node = integer.node(name)
         grad = pending.pop(node.outputs[0].name)
-        if node.op_type in WEIGHTED_INT:
-            layer = layers[name]
-            flow, rng, result = _weighted_backward(layer, node, env, grad, batch, samples, rng,
-                                                   clipped)
-            if result is not None:
-                results[name] = result
-            if flow is None:
-                continue
-            contributions = [(node.inputs[0], flow)]
-        else:
-            contributions = _pass_backward(node, env, grad, program.shapes)
-        for value, (codes, rep) in contributions:
+        vjp = training_lookup(node, "int_vjp")
+        for value, (codes, rep) in vjp(step, node, grad):  # type: ignore[operator]
             if value is not None and value.name in program.reps:
                 _accumulate(pending, value.name, codes, rep)
-    return results, rng
+    return step.results, step.rng
 
 
 def _accumulate(pending: dict[str, Grad], name: str, codes: I64, rep: GradRep) -> None:
@@ -264,91 +223,6 @@ def _accumulate(pending: dict[str, Grad], name: str, codes: I64, rep: GradRep) -
     exp = min(old_rep.exp, rep.exp)
     total = (old << np.int64(old_rep.exp - exp)) + (codes << np.int64(rep.exp - exp))
     pending[name] = (total, GradRep(exp, rep.divisor, rep.per_batch))
-
-
-def _weighted_backward(layer: LayerProgram, node: Node, env: dict[str, np.ndarray],
-                       grad: Grad, batch: int, samples: int, rng: RngState,
-                       clipped: dict[str, int]):
-    codes, rep = grad
-    if layer.relu:
-        codes = np.where(env[layer.output] > 0, codes, 0)
-    ga, rng = G.round_gradient(codes, rep, layer.ga_exp, batch, rng)
-    ga = G.saturate(ga, layer.ga_bits, clipped, f"{layer.name}.G_A")
-    x = env[layer.input].astype(np.int64)
-    w = env[layer.weight]
-    source = ga
-    result = None
-    if layer.trainable:
-        gw, source, rng = _weight_gradient(layer, node, x, ga, w.shape, samples, rng)
-        gw = G.saturate(gw, layer.gw_bits, clipped, f"{layer.name}.G_W")
-        axes = (0,) + tuple(range(2, ga.ndim))
-        result = (gw, ga.sum(axis=axes) if layer.bias is not None else None)
-    if not layer.propagate:
-        return None, rng, result
-    if layer.binary:
-        mult = np.asarray(layer.alpha_mult, np.int64).reshape((1, -1) + (1,) * (ga.ndim - 2))
-        source = source * mult
-    return (G.input_grad(node, w, source, x.shape), layer.dx_rep), rng, result
-
-
-def _weight_gradient(layer: LayerProgram, node: Node, x: I64, ga: I64,
-                     w_shape: tuple[int, ...], samples: int, rng: RngState):
-    """(G_W codes at gw_exp, the gradient to propagate, rng): exact or seeds/000 Alg. 1."""
-    if not samples:
-        exact = G.weight_grad(node, x, ga, w_shape)
-        gw, rng = G.round_gradient(exact, GradRep(layer.ga_exp + layer.x_exp), layer.gw_exp,
-                                   1, rng)
-        return gw, ga, rng
-    total = np.zeros(w_shape, np.int64)
-    first = None
-    for _ in range(samples):
-        t, scale, rng = stochastic_ternarize(ga, rng)
-        t = t.astype(np.int64)
-        total += G.weight_grad(node, x, t, w_shape)
-        first = t if first is None else first
-    s = int(scale)
-    gw, rng = G.round_gradient(total * s, GradRep(layer.ga_exp + layer.x_exp, samples),
-                               layer.gw_exp, 1, rng)
-    return gw, first * s, rng
-
-
-def _pass_backward(node: Node, env: dict[str, np.ndarray], grad: Grad,
-                   shapes: dict[str, tuple[int, ...]]) -> list[tuple]:
-    """The gradient a non-weighted node hands to its inputs (module docstring, step 3)."""
-    codes, rep = grad
-    x = env[node.inputs[0].name]
-    out = backward_rep(node, rep, shapes)
-    op = node.op_type
-    if op in ("Requantize", "QAdd"):  # a fused ReLU masks by output > zero point
-        if node.attrs.get("relu", 0):
-            y = env[node.outputs[0].name]
-            codes = np.where(y > int(node.attrs.get("out_zero_point", 0)), codes, 0)
-        return [(v, (codes, out)) for v in node.inputs]
-    if op == "Relu":
-        return [(node.inputs[0], (np.where(x > 0, codes, 0), out))]
-    if op in ("MaxPool", "GlobalMaxPool"):
-        vjp = maxpool_vjp if op == "MaxPool" else global_maxpool_vjp
-        xf = x.astype(np.float64)
-        yf = env[node.outputs[0].name].astype(np.float64)
-        dx = vjp(node, [xf], [yf], [codes.astype(np.float64)])[0]
-        return [(node.inputs[0], (np.rint(dx).astype(np.int64), out))]
-    if op == "GlobalAveragePool":
-        return [(node.inputs[0], (np.broadcast_to(codes, x.shape).copy(), out))]
-    if op == "AveragePool":
-        return [(node.inputs[0], (_spread(node, x, env[node.outputs[0].name], codes), out))]
-    if op == "Transpose":
-        perm = node.attrs.get("perm", list(range(x.ndim))[::-1])
-        return [(node.inputs[0], (codes.transpose(np.argsort(perm)), out))]
-    if op == "Concat":
-        axis = node.attrs["axis"] % codes.ndim
-        cuts = np.cumsum([env[v.name].shape[axis] for v in node.inputs])[:-1]
-        return [(v, (part, out)) for v, part in zip(node.inputs, np.split(codes, cuts, axis))]
-    return [(node.inputs[0], (codes.reshape(x.shape), out))]  # reshapes, Identity, Dropout
-
-
-def _spread(node: Node, x: np.ndarray, y: np.ndarray, codes: I64) -> I64:
-    """AveragePool backward without the division: each output's gradient to every tap."""
-    return spread(codes, pool_geometry(node, x, y))
 
 
 # -- update ---------------------------------------------------------------------------------

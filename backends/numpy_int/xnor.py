@@ -2,14 +2,14 @@
 
 Such a layer (passes/quantize_graph.py, LayerConfig.binary_activations) multiplies sign
 activations by binary weights. It reads its input codes x in whatever format they have and uses
-a = sign(x − x_zero_point) ∈ {−1, +1}, sign(0) = +1 (qcc.numerics.binary); its weight codes are
+a = sign(x − x_zero_point) ∈ {−1, +1}, sign(0) = +1 (qcc.core.numerics.binary); its weight codes are
 ±1 (the binary scheme). Activation patches and weight rows are packed into uint32 words in the
-layout of qcc.numerics.binary.pack_signs (element 32w + j in bit j of word w, +1 -> 1, padding
+layout of qcc.core.numerics.binary.pack_signs (element 32w + j in bit j of word w, +1 -> 1, padding
 bits 0), and for a, w ∈ {−1, +1}^n
 
     a·w = 2·popcount(XNOR(a, w)) − n,
 
-with the portable SWAR popcount (qcc.numerics.binary.popcount32) that the C runtime uses too.
+with the portable SWAR popcount (qcc.core.numerics.binary.popcount32) that the C runtime uses too.
 
 Zero padding: a padded tap holds 0, which is neither +1 nor −1. Every patch carries the mask of
 its real taps, and a·w = 2·popcount(XNOR(a, w) & valid) − popcount(valid): the exact dot product
@@ -26,10 +26,11 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.numerics.binary import popcount32
-from qcc.ops import nn
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.layers import weight_rows
+from qcc.core.numerics.binary import popcount32
+from qcc.core.ops import nn
 
 U32 = NDArray[np.uint32]
 I64 = NDArray[np.int64]
@@ -80,7 +81,7 @@ def _add_bias(acc: I64, b: np.ndarray | None, axis: int) -> I64:
 
 def gemm_acc(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> I64:
     """QGemm: x (N, K) times W (K, M), or W (M, K) with transB, as XNOR-popcounts."""
-    rows = _weight_signs(node, w if node.attrs.get("transB", 0) else w.T)  # (M, K)
+    rows = _weight_signs(node, weight_rows(node, w))  # (M, K)
     signs = _signs(node, x)
     a = pack_rows(signs.reshape(-1, signs.shape[-1]))
     valid = np.broadcast_to(pack_rows(np.ones(signs.shape[-1], dtype=bool)), a.shape)

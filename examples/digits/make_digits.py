@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
-from qcc.onnx_import import import_model
-from qcc.train import TrainConfig, TrainResult, accuracy, train
+from qcc.core.float_train import TrainConfig, TrainResult, accuracy, train
+from qcc.core.onnx_import import import_model
 
 HERE = Path(__file__).resolve().parent
 SPLITS = {"train": 1000, "calib": 397, "test": 400}

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from passes.calibrate import TensorStats
-from qcc.errors import QccError
-from qcc.quant_spec import QuantSpec
+from qcc.core.errors import QccError
+from qcc.core.quant_spec import QuantSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,15 @@ class Scheme:
 
     name = ""
     weight_bits = (1, 16)  # the widths `weight` accepts; --bits auto clamps B_W into them
+    activation_bits = (1, 16)  # the widths `activation` accepts
+
+    def check_widths(self, weight_bits: int, act_bits: int, where: str) -> None:
+        """QccError naming `where` (a layer) if a width is outside what the format takes."""
+        for kind, bits, (lo, hi) in (("weights", weight_bits, self.weight_bits),
+                                     ("activations", act_bits, self.activation_bits)):
+            if not lo <= bits <= hi:
+                raise QccError(f"{where}: scheme {self.name} takes {kind} of {lo} to {hi} "
+                               f"bits, not {bits}")
 
     def activation(self, stats: TensorStats, bits: int) -> CodeFormat:
         raise NotImplementedError

@@ -5,7 +5,7 @@
   it "reduces the dynamic range variance and allows smaller quantization steps"), widened to
   contain 0 so that zero (the padding value, the ReLU floor) has an exact code; scale and the
   nudged zero point follow gemmlowp / TFLite's ChooseQuantizationParams
-  (qcc.numerics.affine.choose_qparams).
+  (qcc.core.numerics.affine.choose_qparams).
 - Weights: signed, symmetric (zero point 0) with one scale per output channel:
   scale_c = max|w_c| / (2^(B−1) − 1), codes round(w / scale_c) in [−(2^(B−1) − 1), 2^(B−1) − 1]
   (the narrow range, so that −w is representable whenever w is).
@@ -21,9 +21,9 @@ import numpy as np
 
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, Scheme, register_scheme
-from qcc.numerics.affine import choose_qparams
-from qcc.numerics.rounding import int_range, round_half_away
-from qcc.quant_spec import QuantSpec
+from qcc.core.numerics.affine import choose_qparams
+from qcc.core.numerics.rounding import int_range, round_half_away
+from qcc.core.quant_spec import QuantSpec
 
 
 @register_scheme
@@ -31,6 +31,7 @@ class AffineScheme(Scheme):
     """seeds/000 §B: unsigned activations with zero points, per-channel symmetric weights."""
 
     name = "affine"
+    weight_bits = (2, 16)  # symmetric signed weights: 1 bit would leave only the code 0
 
     def activation(self, stats: TensorStats, bits: int) -> CodeFormat:
         params = choose_qparams(stats.chunk_lo, stats.chunk_hi, bits, signed=False)
@@ -48,12 +49,19 @@ class AffineScheme(Scheme):
         return codes.astype(np.int64), CodeFormat(tuple(scales.tolist()), 0, -qmax, qmax, spec)
 
 
+# a channel whose largest weight is this far below the layer's largest is numerically zero (below
+# float32's resolution of the layer's accumulations): BatchNorm folding leaves such dead channels
+# (weights ~1e-30 in MLPerf Tiny's MobileNet), whose own scale would put their bias beyond int32
+DEAD_CHANNEL = 2.0 ** -24
+
+
 def channel_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """max|w_c| / (2^(B−1) − 1) per index c of `axis`; an all-zero channel borrows the
-    largest scale (its codes are 0 whatever the scale, and the ratio stays representable)."""
+    """max|w_c| / (2^(B−1) − 1) per index c of `axis`; an all-zero (or dead, DEAD_CHANNEL)
+    channel borrows the largest scale (its codes are 0 whatever the scale, and the bias and
+    requantization ratios stay representable)."""
     others = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     absmax = np.abs(np.asarray(w, dtype=np.float64)).max(axis=others) if others else np.abs(w)
     qmax = (1 << (bits - 1)) - 1
     scales = np.atleast_1d(absmax / qmax).astype(np.float64)
     fallback = scales.max() if np.any(scales > 0) else 1.0
-    return np.where(scales > 0, scales, fallback)
+    return np.where(scales > fallback * DEAD_CHANNEL, scales, fallback)

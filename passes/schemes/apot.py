@@ -39,8 +39,8 @@ import numpy as np
 
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, Scheme, register_scheme
-from qcc.errors import QccError
-from qcc.numerics import apot
+from qcc.core.errors import QccError
+from qcc.core.numerics import apot
 
 WN_EPS = 1e-5  # eq. 9's ε
 ALPHA_SAMPLE = 1 << 15
@@ -109,6 +109,8 @@ def activation_format(stats: TensorStats, bits: int, k: int = ACTIVATION_K) -> C
 
 class _LevelScheme(Scheme):
     """Shared by apot and pot: they differ in the weight level set only."""
+
+    activation_bits = (2, 16)  # a signed activation needs a sign bit and one level bit
 
     def weight_format(self, bits: int) -> apot.APoTFormat:
         raise NotImplementedError

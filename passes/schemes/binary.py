@@ -2,12 +2,12 @@
 
 binary: weight codes sign(W) ∈ {-1, +1} (sign(0) = +1), scale α_c = mean |W| over output channel
 c: XNOR-Net's closed form, the α minimising ||W − α·sign(W)||² (BinaryConnect's deterministic
-binarization with that scale). qcc.numerics.binary.binarize does the arithmetic.
+binarization with that scale). qcc.core.numerics.binary.binarize does the arithmetic.
 
 ternary: codes {-1, 0, +1}, TWN's threshold rule per output channel: Δ_c = 0.7·mean|W_c|, a weight
 is kept (±1) when |W| > Δ_c, and α_c = the mean |W| of the kept weights of channel c (the α
 minimising the error for that support); a channel with nothing kept has α_c = 1 and all-zero
-codes. Per tensor this is exactly qcc.numerics.binary.ternarize.
+codes. Per tensor this is exactly qcc.core.numerics.binary.ternarize.
 
 Both take their bit width from the format (1 and 2 bits): the `bits` a layer asks for apply to its
 activations, which are fixed point as in the `fixed` scheme. Sign activations, so that a layer's
@@ -23,10 +23,10 @@ import numpy as np
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, Scheme, register_scheme
 from passes.schemes.fixed import FixedScheme
-from qcc.numerics import binary
-from qcc.quant_spec import QuantSpec
+from qcc.core.numerics import binary
+from qcc.core.quant_spec import QuantSpec
 
-TWN_DELTA = 0.7  # TWN's Δ = 0.7·mean|W| (Li & Liu 2016), as in qcc.numerics.binary.ternarize
+TWN_DELTA = 0.7  # TWN's Δ = 0.7·mean|W| (Li & Liu 2016), as in qcc.core.numerics.binary.ternarize
 
 
 def _others(w: np.ndarray, axis: int) -> tuple[int, ...]:

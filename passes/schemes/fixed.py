@@ -6,8 +6,8 @@ import numpy as np
 
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, Scheme, register_scheme
-from qcc.numerics import fixed
-from qcc.numerics.rounding import int_range
+from qcc.core.numerics import fixed
+from qcc.core.numerics.rounding import int_range
 
 
 @register_scheme

@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from backends.c.build import build_mcu, missing_tools, parse_mcu_output, run_qemu
-from backends.c.check import interpreter_outputs, sample_inputs
 from backends.c.library import SAMPLE_INPUT, emit_library
 from qcc import zoo
-from qcc.cli import main
-from qcc.compiler import compile_model, load_outdir
+from qcc.driver.c_check import interpreter_outputs, sample_inputs
+from qcc.driver.cli import main
+from qcc.driver.pipeline import compile_model, load_outdir
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,12 +18,12 @@ import onnx.numpy_helper
 import pytest
 
 from backends.c.build import SANITIZE, build_host, missing_tools, run_host
-from backends.c.check import EXTREMES, interpreter_outputs, sample_inputs
 from backends.c.emit import emit_source
 from backends.c.library import FLASH_BUDGET, SUMMARY, emit_library
 from qcc import zoo
-from qcc.compiler import compile_model
-from qcc.ir import Graph
+from qcc.core.ir import Graph
+from qcc.driver.c_check import EXTREMES, interpreter_outputs, sample_inputs
+from qcc.driver.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"

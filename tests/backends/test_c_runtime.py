@@ -14,10 +14,10 @@ import pytest
 
 from backends.c.library import RUNTIME
 from backends.numpy_int import kernels, xnor
-from qcc.ir import Node, Value
-from qcc.numerics import binary
-from qcc.numerics.packing import pack_bits, unpack_bits
-from qcc.numerics.rounding import round_shift
+from qcc.core.ir import Node, Value
+from qcc.core.numerics import binary
+from qcc.core.numerics.packing import pack_bits, unpack_bits
+from qcc.core.numerics.rounding import round_shift
 
 DRIVER = r"""
 #include <inttypes.h>

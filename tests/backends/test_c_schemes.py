@@ -19,10 +19,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from backends.c.build import SANITIZE, build_host, missing_tools, run_host
-from backends.c.check import interpreter_outputs, sample_inputs
 from backends.c.library import FLASH_BUDGET, emit_library
 from qcc import zoo
-from qcc.compiler import compile_model
+from qcc.driver.c_check import interpreter_outputs, sample_inputs
+from qcc.driver.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"

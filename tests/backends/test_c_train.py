@@ -23,10 +23,10 @@ from backends.c.build import ARM_ARCH, ARM_FLAGS, HOST_WARNINGS, QEMU_MACHINE
 from backends.c.train_emit import unpack_export
 from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import train_step
-from backends.numpy_int.training.outdir import load_training
-from backends.numpy_int.training.softmax_ce import float_loss
-from qcc.cli import main
-from qcc.compiler import load_outdir
+from qcc.core.numerics.softmax_ce import float_loss
+from qcc.driver.cli import main
+from qcc.driver.pipeline import load_outdir
+from qcc.driver.train_outdir import load_training
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 BATCH = 16
@@ -84,7 +84,8 @@ def write_data(path: Path, data) -> None:
 
 
 def sources(out: Path) -> list[str]:
-    return [str(out / "train_harness.c"), str(out / "digits_train.c")]
+    return [str(out / "train_harness.c"), str(out / "digits_train.c"),
+            str(out / "digits_runtime.c")]
 
 
 def run_host(out: Path, data_path: Path) -> list[str]:
@@ -197,9 +198,10 @@ def test_refusals_return_error_codes_and_change_nothing(tmp_path: Path, gcc: str
     (out / "errors.c").write_text(ERRORS)
     exe = tmp_path / "errors"
     subprocess.run([gcc, *HOST_WARNINGS, f"-I{out}", str(out / "errors.c"),
-                    str(out / "digits_train.c"), "-o", str(exe)], check=True)
+                    str(out / "digits_train.c"), str(out / "digits_runtime.c"), "-o", str(exe)],
+                   check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["-1", "-1", "-2", "-2", "-3", "-3", "1", "-4"]
+    assert run.stdout.split() == ["1", "1", "2", "2", "3", "3", "1", "4"]
 
 
 QEMU_STEPS = 50

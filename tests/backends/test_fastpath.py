@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from backends.numpy_int import fastpath, kernels
 from backends.numpy_int.interpreter import _OVERFLOWS
-from qcc.ir import Node, Value
-from qcc.ops import nn
+from qcc.core.ir import Node, Value
+from qcc.core.ops import nn
 
 CODE_TYPES = [np.int8, np.uint8, np.int16, np.uint16]
 OUT_RANGES = [(-128, 127), (0, 255), (-32768, 32767), (0, 65535)]

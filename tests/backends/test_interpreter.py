@@ -14,9 +14,9 @@ from passes import run_passes
 from passes.calibrate import calibrate
 from passes.quantize_graph import QuantConfig, multiplier_shift, quantize_graph
 from qcc import zoo
-from qcc.float_exec import run_batched
-from qcc.numerics.rounding import round_shift
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import run_batched
+from qcc.core.numerics.rounding import round_shift
+from qcc.core.onnx_import import import_model
 
 EDGE_OPS = {"Quantize", "QuantizeLinear"}
 
@@ -104,7 +104,7 @@ def test_exact_conv_equals_int64_reference(n: int, channels: int, out_channels: 
     """Codes large enough that a single float32 conv could round (K·|x|·|w| >= 2^24) take the
     channel-sliced path; both paths equal a plain int64 tap-by-tap convolution."""
     from backends.numpy_int.kernels import _exact_conv
-    from qcc.ir import Node
+    from qcc.core.ir import Node
 
     rng = np.random.default_rng(seed)
     x = rng.integers(-255, 256, size=(n, channels, 6, 5)).astype(np.int64)

@@ -29,9 +29,9 @@ from backends.numpy_int import run_integer
 from passes import run_passes
 from passes.fuse_qdq import fuse_qdq
 from qcc import zoo
-from qcc.errors import QccError
-from qcc.onnx_export import export_model
-from qcc.onnx_import import import_model
+from qcc.core.errors import QccError
+from qcc.core.onnx_export import export_model
+from qcc.core.onnx_import import import_model
 
 SAMPLES = 100
 U8, S8 = QuantType.QUInt8, QuantType.QInt8

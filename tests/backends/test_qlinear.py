@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from backends.numpy_int import qlinear as ql
 from backends.numpy_int import run_integer
-from qcc import conformance
-from qcc.ir import Node, Value
-from qcc.onnx_import import import_model
+from qcc.core.ir import Node, Value
+from qcc.core.onnx_import import import_model
+from qcc.driver import conformance
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -326,7 +326,7 @@ def test_saturations_are_counted() -> None:
 
 
 def test_a_non_positive_requantization_scale_is_refused() -> None:
-    from qcc.errors import QccError
+    from qcc.core.errors import QccError
 
     with pytest.raises(QccError, match="positive"):
         ql.requantize_like_ort(np.arange(4), np.float32(0.0), 0, 0, 255)

@@ -1,5 +1,5 @@
 """The fixed-point train step (backends/numpy_int/train_step.py): the integer softmax
-cross-entropy against float, the integer backward against the float VJPs of qcc.ops.grads on the
+cross-entropy against float, the integer backward against the float VJPs of core/ops/grads on the
 same forward, the update rules of seeds/003 against their definitions, the unbiasedness of every
 stochastic rounding, the PRNG draw order, --trainable, and refusals that change nothing."""
 
@@ -21,7 +21,6 @@ from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import TrainState, backward, init_state, train_step
 from backends.numpy_int.training import gradients as G
 from backends.numpy_int.training.loop import write_float_weights
-from backends.numpy_int.training.softmax_ce import EXP2_LUT, ce_gradient_q24, softmax_q24
 from backends.numpy_int.training.updates import update_binary, update_fixed
 from passes import run_passes
 from passes.calibrate import calibrate
@@ -34,12 +33,13 @@ from passes.training_program import (
     set_training_formats,
 )
 from qcc import zoo
-from qcc.autodiff import backward as float_backward
-from qcc.autodiff import softmax_cross_entropy
-from qcc.errors import QccError
-from qcc.numerics.binary import stochastic_ternarize
-from qcc.numerics.rounding import RngState
-from qcc.onnx_import import import_model
+from qcc.core.autodiff import backward as float_backward
+from qcc.core.autodiff import softmax_cross_entropy
+from qcc.core.errors import QccError
+from qcc.core.numerics.binary import stochastic_ternarize
+from qcc.core.numerics.rounding import RngState
+from qcc.core.numerics.softmax_ce import EXP2_LUT, ce_gradient_q24, softmax_q24
+from qcc.core.onnx_import import import_model
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -409,85 +409,45 @@ def test_state_round_trips_through_arrays(digits) -> None:
         np.testing.assert_array_equal(back.bias_master[k], state.bias_master[k])
 
 
-# -- a plain C99 transcription gives the same bits -------------------------------------------------
-C_TRAIN = r"""
+# -- the shipped C runtime gives the same bits ---------------------------------------------------
+RUNTIME = Path(__file__).resolve().parents[2] / "backends" / "c" / "runtime"
+C_DRIVER = r"""
 #include <stdint.h>
 #include <stdio.h>
 
+#include "qcc_runtime.h"
+
 static const int64_t EXP2_LUT[257] = { %(lut)s };
-
-static uint32_t mix32(uint32_t x) {
-    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16;
-    return x;
-}
-static uint32_t rand_u32(uint32_t seed, uint32_t i) { return mix32(i ^ mix32(seed ^ 0x9E3779B9u)); }
-
-/* round_shift: x / 2^s to nearest, ties away from zero */
-static int64_t round_shift(int64_t x, int s) {
-    int64_t mask = ((int64_t)1 << s) - 1;
-    return (x >> s) + ((x & mask) > (mask >> 1) + (x < 0 ? 1 : 0) ? 1 : 0);
-}
-static int64_t pow2(int k) { return (int64_t)1 << k; }  /* x << k == x * pow2(k), also x < 0 */
-
-static void softmax_q24(const int64_t *z, int m, int z_exp, int64_t *p) {
-    int64_t mx = z[0], e[64], s = 0;
-    int j;
-    for (j = 1; j < m; j++) mx = z[j] > mx ? z[j] : mx;
-    for (j = 0; j < m; j++) {
-        int64_t t = (mx - z[j]) * 24204406;
-        int shift = 8 - z_exp, n, k;
-        t = shift >= 0 ? round_shift(t, shift) : t * pow2(-shift);
-        if (t > ((int64_t)32 << 16)) t = (int64_t)32 << 16;
-        n = (int)(t >> 16);
-        k = (int)(((t & 0xFFFF) + 128) >> 8);
-        e[j] = n <= 30 ? round_shift(EXP2_LUT[k], n) : 0;
-        s += e[j];
-    }
-    for (j = 0; j < m; j++) p[j] = (2 * (e[j] * pow2(24)) + s) / (2 * s);
-}
-
-static int64_t stochastic_divide(int64_t x, int64_t d, uint32_t seed, uint32_t counter) {
-    int64_t q = x / d;
-    uint64_t r;
-    if (x %% d != 0 && x < 0) q -= 1;  /* C truncates; floor */
-    r = (uint64_t)(x - q * d);
-    return q + ((uint64_t)rand_u32(seed, counter) * (uint64_t)d < (r << 32) ? 1 : 0);
-}
-
-static void update_fx(int64_t *w, int64_t *a, int64_t u, int b, int64_t lo, int64_t hi) {
-    int64_t half = pow2(b - 1), h = *w * pow2(b) + *a - u;
-    int64_t h_lo = lo * pow2(b) - half, h_hi = hi * pow2(b) + half - 1;
-    h = h < h_lo ? h_lo : h > h_hi ? h_hi : h;
-    *w = (h + half) >> b;
-    *a = h - *w * pow2(b);
-}
-
-static int64_t update_binary_sr(int64_t w, int64_t a, int64_t u, uint32_t seed, uint32_t ctr) {
-    int64_t v = w * a - u;
-    v = v < -a ? -a : v > a ? a : v;
-    return (uint64_t)rand_u32(seed, ctr) * (uint64_t)(2 * a) < ((uint64_t)(v + a) << 32) ? 1 : -1;
-}
 
 int main(void) {
     char op;
     long long a, b, c, d, e;
     while (scanf(" %%c %%lld %%lld %%lld %%lld %%lld", &op, &a, &b, &c, &d, &e) == 6) {
-        if (op == 'S') {  /* softmax of a row of `a` logits read next, step 2^b */
-            int64_t z[64], p[64];
+        qcc_rng rng;
+        uint32_t clipped = 0u;
+        rng.seed = (uint32_t)c;
+        rng.counter = (uint32_t)d;
+        if (op == 'S') {  /* softmax of a row of `a` logits read next, step 2^b (no label) */
+            int32_t z[64];
+            qcc_grad p[64];
             long long v;
             int j;
-            for (j = 0; j < a; j++) { if (scanf("%%lld", &v) != 1) return 1; z[j] = v; }
-            softmax_q24(z, (int)a, (int)b, p);
+            for (j = 0; j < a; j++) { if (scanf("%%lld", &v) != 1) return 1; z[j] = (int32_t)v; }
+            qcc_ce_gradient(z, (int32_t)a, (int32_t)b, -1, EXP2_LUT, p);
             for (j = 0; j < a; j++) printf("%%lld ", (long long)p[j]);
             printf("\n");
         } else if (op == 'D') {
-            printf("%%lld\n", (long long)stochastic_divide(a, b, (uint32_t)c, (uint32_t)d));
-        } else if (op == 'F') {
-            int64_t w = a, acc = b;
-            update_fx(&w, &acc, c, 6, -8, 7);
+            printf("%%lld\n", (long long)qcc_stochastic_divide(a, b, &rng));
+        } else if (op == 'F') {  /* fx update of one 4-bit weight a, accumulator b (6 bits) */
+            int32_t w = (int32_t)a, acc = (int32_t)b;
+            const qcc_grad u = (qcc_grad)e;
+            qcc_update_fixed('f', 1, &w, &acc, &u, 0, 6, -8, 7, &rng, &clipped);
             printf("%%lld %%lld\n", (long long)w, (long long)acc);
-        } else if (op == 'B') {
-            printf("%%lld\n", (long long)update_binary_sr(a, b, c, (uint32_t)d, (uint32_t)e));
+        } else if (op == 'B') {  /* binary sr update of weight a with alpha b, draw at (c, d) */
+            int32_t w = (int32_t)a, alpha = (int32_t)b;
+            const qcc_grad u = (qcc_grad)e;
+            qcc_update_binary('s', 1, 1, &w, 0, &u, 0, &alpha, &rng, &clipped);
+            printf("%%lld\n", (long long)w);
         } else {
             return 1;
         }
@@ -497,15 +457,17 @@ int main(void) {
 """
 
 
-def test_c_transcription_of_the_training_arithmetic(tmp_path: Path) -> None:
-    """softmax_ce, stochastic_divide and the fx / binary-sr updates, transcribed into C99 from
-    their docstrings (int64/uint64 only, no float), agree with NumPy bit for bit."""
+def test_shipped_c_runtime_matches_the_training_arithmetic(tmp_path: Path) -> None:
+    """softmax_ce, stochastic_divide and the fx / binary-sr updates of the shipped runtime
+    header (backends/c/runtime/qcc_runtime.h, the one the C train step includes) agree with
+    NumPy bit for bit."""
     gcc = shutil.which("gcc")
     assert gcc, "gcc is required (DESIGN.md: the C backend is part of the test suite)"
     source, exe = tmp_path / "train.c", tmp_path / "train"
-    source.write_text(C_TRAIN % {"lut": ", ".join(str(int(v)) for v in EXP2_LUT)})
+    source.write_text(C_DRIVER % {"lut": ", ".join(str(int(v)) for v in EXP2_LUT)})
     subprocess.run([gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
-                    str(source), "-o", str(exe)], check=True)
+                    f"-I{RUNTIME}", str(source), str(RUNTIME / "qcc_runtime.c"), "-o", str(exe)],
+                   check=True)
     rng = np.random.default_rng(5)
     lines, expected = [], []
     for _ in range(200):
@@ -521,14 +483,14 @@ def test_c_transcription_of_the_training_arithmetic(tmp_path: Path) -> None:
         q, _ = G.stochastic_divide(np.array([x]), div, RngState(seed, ctr))
         expected.append(str(int(q[0])))
         w, a, u = int(rng.integers(-8, 8)), int(rng.integers(-32, 32)), int(rng.integers(-900, 900))
-        lines.append(f"F {w} {a} {u} 0 0")
+        lines.append(f"F {w} {a} 0 0 {u}")
         nw, na, _ = update_fixed(layer, "fx", np.array([w]), np.array([a]), np.array([u]),
                                  RngState(0), {})
         expected.append(f"{nw[0]} {na[0]}")
         alpha = int(rng.integers(1, 1 << 30))
         b = int(rng.choice([-1, 1]))
         ub = int(rng.integers(-2 * alpha, 2 * alpha))
-        lines.append(f"B {b} {alpha} {ub} {seed} {ctr}")
+        lines.append(f"B {b} {alpha} {seed} {ctr} {ub}")
         single = LayerProgram(**{**binary_layer().__dict__, "weight_shape": (1, 1, 1, 1),
                                  "out_channels": 1, "alpha_acc": (alpha,)})
         nb, _, _ = update_binary(single, "sr", np.array([b]).reshape(1, 1, 1, 1), None,

@@ -18,9 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from backends.numpy_int import run_integer, xnor
 from passes.calibrate import TensorStats
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
-from qcc.ir import Node
-from qcc.numerics import binary
-from qcc.onnx_import import import_model
+from qcc.core.ir import Node
+from qcc.core.numerics import binary
+from qcc.core.onnx_import import import_model
 
 OPSET = 17
 

@@ -1,4 +1,4 @@
-"""qcc.numerics.affine against onnxruntime, TFLite's documented values and seeds/000 §B."""
+"""qcc.core.numerics.affine against onnxruntime, TFLite's documented values and seeds/000 §B."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcc.numerics import affine as A
-from qcc.numerics.rounding import quantize_multiplier
+from qcc.core.numerics import affine as A
+from qcc.core.numerics.rounding import quantize_multiplier
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""qcc.numerics.apot against seeds/004's equations and examples, the authors' level sets and
+"""qcc.core.numerics.apot against seeds/004's equations and examples, the authors' level sets and
 brute force on exact rationals."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcc.numerics import apot as P
+from qcc.core.numerics import apot as P
 
 HALF = Fraction(1, 2)
 

@@ -1,4 +1,4 @@
-"""qcc.numerics.binary against integer dot products, Python bit counts and sampling statistics."""
+"""numerics.binary against integer dot products, Python bit counts and sampling statistics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
-from qcc.numerics import binary as B
-from qcc.numerics.rounding import RngState
+from qcc.core.numerics import binary as B
+from qcc.core.numerics.rounding import RngState
 
 
 def test_sign_of_zero_is_plus_one() -> None:

@@ -1,6 +1,8 @@
 """The integer primitives are written so that plain C99 (uint32_t / int32_t / int64_t only)
-reproduces them bit for bit: a straight transcription of the documented definitions, compiled
-with gcc, must agree with the NumPy functions on random and edge inputs."""
+reproduces them bit for bit: the shipped C runtime (backends/c/runtime/qcc_runtime.h: the PRNG
+draw, round_shift, the stochastic shift, popcount), plus a transcription of gemmlowp's
+fixed-point multiply that the runtime does not ship, compiled with gcc, must agree with the
+NumPy functions on random and edge inputs."""
 
 from __future__ import annotations
 
@@ -10,18 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from qcc.numerics import binary
-from qcc.numerics import rounding as R
+from qcc.core.numerics import binary
+from qcc.core.numerics import rounding as R
 
+RUNTIME = Path(__file__).resolve().parents[2] / "backends" / "c" / "runtime"
 C_SOURCE = r"""
 #include <stdint.h>
 #include <stdio.h>
 
-static uint32_t mix32(uint32_t x) {
-    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16;
-    return x;
+#include "qcc_runtime.h"
+
+static uint32_t rand_u32(uint32_t seed, uint32_t i) {
+    qcc_rng rng;
+    rng.seed = seed;
+    rng.counter = i;
+    return qcc_draw(&rng);
 }
-static uint32_t rand_u32(uint32_t seed, uint32_t i) { return mix32(i ^ mix32(seed ^ 0x9E3779B9u)); }
 
 static int32_t srdhm(int32_t a, int32_t b) {
     int64_t ab = (int64_t)a * (int64_t)b;
@@ -29,29 +35,17 @@ static int32_t srdhm(int32_t a, int32_t b) {
     if (a == b && a == INT32_MIN) return INT32_MAX;
     return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
 }
-static int32_t rdbpot(int32_t x, int e) {
-    int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
-    int32_t remainder = x & mask;
-    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-    return (x >> e) + (remainder > threshold ? 1 : 0);
-}
 static int32_t mbqm(int32_t x, int32_t m, int shift) {
     int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
     int64_t wide = (int64_t)x * ((int64_t)1 << left);
     int32_t sat = wide > INT32_MAX ? INT32_MAX : wide < INT32_MIN ? INT32_MIN : (int32_t)wide;
-    return rdbpot(srdhm(sat, m), right);
+    return qcc_round_shift32(srdhm(sat, m), right);
 }
 static int32_t sr_shift(int32_t x, int s, uint32_t seed, uint32_t counter) {
-    uint32_t r = rand_u32(seed, counter);
-    uint32_t u = s == 0 ? 0u : r >> (32 - s);
-    uint32_t mask = (uint32_t)(((uint64_t)1 << s) - 1u);
-    return (x >> s) + (int32_t)((((uint32_t)x & mask) + u) >> s);
-}
-static uint32_t popcount32(uint32_t v) {
-    v -= (v >> 1) & 0x55555555u;
-    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
-    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
-    return (v * 0x01010101u) >> 24;
+    qcc_rng rng;
+    rng.seed = seed;
+    rng.counter = counter;
+    return (int32_t)qcc_stochastic_shift(x, s, &rng);
 }
 
 int main(void) {
@@ -61,11 +55,11 @@ int main(void) {
         switch (op) {
         case 'M': printf("%lu\n", (unsigned long)rand_u32((uint32_t)a, (uint32_t)b)); break;
         case 'S': printf("%ld\n", (long)srdhm((int32_t)a, (int32_t)b)); break;
-        case 'R': printf("%ld\n", (long)rdbpot((int32_t)a, (int)b)); break;
+        case 'R': printf("%ld\n", (long)qcc_round_shift32((int32_t)a, (int)b)); break;
         case 'Q': printf("%ld\n", (long)mbqm((int32_t)a, (int32_t)b, (int)c)); break;
         case 'T': printf("%ld\n", (long)sr_shift((int32_t)a, (int)b, (uint32_t)c,
                                                  (uint32_t)d)); break;
-        case 'P': printf("%lu\n", (unsigned long)popcount32((uint32_t)a)); break;
+        case 'P': printf("%lu\n", (unsigned long)qcc_popcount32((uint32_t)a)); break;
         default: return 1;
         }
     }
@@ -80,11 +74,12 @@ def build(tmp_path: Path) -> Path:
     source, exe = tmp_path / "mirror.c", tmp_path / "mirror"
     source.write_text(C_SOURCE)
     subprocess.run([gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
-                    str(source), "-o", str(exe)], check=True)
+                    f"-I{RUNTIME}", str(source), str(RUNTIME / "qcc_runtime.c"), "-o", str(exe)],
+                   check=True)
     return exe
 
 
-def test_c_transcription_agrees_with_numpy(tmp_path: Path) -> None:
+def test_c_runtime_agrees_with_numpy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     n = 400
     edges = np.array([R.INT32_MIN, R.INT32_MIN + 1, -(2**30), -1, 0, 1, 2**30, R.INT32_MAX])

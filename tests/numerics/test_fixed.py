@@ -1,4 +1,4 @@
-"""qcc.numerics.fixed against seeds/001 §2.1's bit-level definition and exact rationals."""
+"""qcc.core.numerics.fixed against seeds/001 §2.1's bit-level definition and exact rationals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcc.numerics import fixed as F
-from qcc.numerics.rounding import RngState
-from qcc.quant_spec import QuantSpec
+from qcc.core.numerics import fixed as F
+from qcc.core.numerics.rounding import RngState
+from qcc.core.quant_spec import QuantSpec
 
 FORMATS = st.builds(F.FixedFormat, st.integers(2, 24), st.integers(-12, 12), st.booleans())
 

@@ -1,4 +1,4 @@
-"""qcc.numerics.packing: layout checked by hand, round trips by hypothesis."""
+"""qcc.core.numerics.packing: layout checked by hand, round trips by hypothesis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcc.numerics import packing as K
+from qcc.core.numerics import packing as K
 
 
 def test_layout_is_little_endian_within_a_byte() -> None:

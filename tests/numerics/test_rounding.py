@@ -1,4 +1,4 @@
-"""qcc.numerics.rounding against exact rationals, Python-int definitions and TFLite's values."""
+"""numerics.rounding against exact rationals, Python-int definitions and TFLite's values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcc.numerics import rounding as R
+from qcc.core.numerics import rounding as R
 
 INT32 = st.integers(R.INT32_MIN, R.INT32_MAX)
 INT64 = st.integers(-(2**63), 2**63 - 1)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qcc.conformance import assert_matches_onnxruntime
+from qcc.driver.conformance import assert_matches_onnxruntime
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

@@ -1,4 +1,4 @@
-"""Every VJP in qcc.ops.grads against central finite differences of an independent forward.
+"""Every VJP in qcc.core.ops.grads against central finite differences of an independent forward.
 
 The forward is onnxruntime run in float64 (DOUBLE tensors), or ONNX's own reference evaluator
 for the ops onnxruntime has no double kernel for (Conv, AveragePool, global pools). For a random
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcc.ir import Node, Value
-from qcc.registry import OPS, _load_ops
+from qcc.core.ir import Node, Value
+from qcc.core.registry import OPS, _load_ops
 
 EPS = 1e-6
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,

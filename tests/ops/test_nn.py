@@ -1,7 +1,7 @@
-"""qcc.ops.nn float kernels against onnxruntime, one-node models over a grid of attributes.
+"""qcc.core.ops.nn float kernels against onnxruntime, one-node models over a grid of attributes.
 
-Each case builds a one-node ONNX model with onnx.helper, imports it with qcc.onnx_import (every
-input is a graph input, so nothing is folded away) and runs it through qcc.float_exec.run_float;
+Each case builds a one-node ONNX model with onnx.helper, imports it with qcc.core.onnx_import (every
+input is a graph input, so nothing is folded away) and runs it through core.float_exec.run_float;
 onnxruntime (single thread, graph optimisations off) runs the same model on the same feeds.
 Hypothesis adds random small shapes for Conv and the pools. Where onnxruntime has no kernel or
 departs from the ONNX spec, the reference is ONNX's reference evaluator (float64 Conv,
@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from qcc.errors import QccError
-from qcc.float_exec import run_float
-from qcc.onnx_import import import_model
-from qcc.ops import nn
+from qcc.core.errors import QccError
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model
+from qcc.core.ops import nn
 
 OPSET = 21
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,

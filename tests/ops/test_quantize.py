@@ -1,4 +1,4 @@
-"""QuantizeLinear / DequantizeLinear kernels of qcc.ops.quantize against onnxruntime.
+"""QuantizeLinear / DequantizeLinear kernels of qcc.core.ops.quantize against onnxruntime.
 
 One-node models built with onnx.helper run through qcc (import_model + run_float) and through
 onnxruntime (single thread); integer outputs must agree bit for bit. Covered: per-tensor,
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcc.errors import QccError
-from qcc.float_exec import run_float
-from qcc.onnx_import import import_model
+from qcc.core.errors import QccError
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model
 
 INT_TYPES = [np.uint8, np.int8, np.uint16, np.int16, ml_dtypes.uint4, ml_dtypes.int4]
 FLOAT8_TYPES = [ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz, ml_dtypes.float8_e5m2,

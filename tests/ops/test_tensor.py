@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qcc.conformance import (
+from qcc.driver.conformance import (
     assert_matches_onnxruntime,
     one_node_model,
     run_onnx_reference,

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 
+from backends.numpy_int.interpreter import integer_predictions
 from passes import precision, run_passes
+from passes.allocate_widths import storable_bits
 from passes.annotate_precision import noise_gains
-from qcc.autodiff import backward, logits_value
-from qcc.compiler import compile_model, load_outdir, write_outdir
-from qcc.evaluate import evaluate_graphs, float_predictions, integer_predictions
-from qcc.float_exec import run_float
-from qcc.layers import weighted_layers
-from qcc.onnx_import import import_model
+from qcc.core.autodiff import backward, logits_value
+from qcc.core.float_exec import float_predictions, run_float
+from qcc.core.layers import weighted_layers
+from qcc.core.onnx_import import import_model
+from qcc.driver.evaluate import evaluate_graphs
+from qcc.driver.pipeline import compile_model, load_outdir, write_outdir
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
@@ -46,6 +49,22 @@ def test_pm_at_c_o_meets_target_and_c_o_minus_1_is_worse(compiled) -> None:
     assert pm["C_o+1"] <= pm["C_o-1"]
 
 
+def test_pm_comes_with_its_clopper_pearson_bound(compiled) -> None:
+    """199 held-out samples cannot certify 1 % (299 are needed): the compile says so and
+    certifies the smallest bound they allow, 1 - 0.05^(1/199), with no mismatch."""
+    report = compiled[0].precision
+    held = report["held_out_samples"]
+    certified = report["certified"]
+    assert held == certified["samples"] == 199
+    assert certified["goal"] == pytest.approx(1 - 0.05 ** (1 / held))
+    assert certified["mismatches"] == 0 and certified["p_m_upper"] <= certified["goal"]
+    for key, pm in report["p_m"].items():
+        k = round(pm * held)
+        assert report["p_m_upper"][key] == pytest.approx(beta.ppf(0.95, k + 1, held - k))
+    assert any("needs at least 299 held-out samples" in n for n in report["notes"])
+    assert report["warm_up"]["loss_fell"]
+
+
 def test_every_cost_is_reduced(compiled) -> None:
     costs = compiled[0].precision["costs"]
     for key in ("C_W", "C_A", "C_M", "C_C"):
@@ -59,8 +78,8 @@ def test_feedforward_bits_follow_eq1(compiled) -> None:
     layers = report["layers"]
     bits_w, bits_a = precision.feedforward_bits([e["E_W"] for e in layers],
                                                 [e["E_A"] for e in layers], report["B_min"])
-    assert [e["B_W"] for e in layers] == [min(b, 16) for b in bits_w]
-    assert [e["B_A"] for e in layers] == [min(b, 16) for b in bits_a]
+    assert [e["B_W"] for e in layers] == [storable_bits(min(b, 16)) for b in bits_w]
+    assert [e["B_A"] for e in layers] == [storable_bits(min(b, 16)) for b in bits_a]
 
 
 def test_gradient_formats_are_powers_of_two(compiled) -> None:
@@ -68,6 +87,8 @@ def test_gradient_formats_are_powers_of_two(compiled) -> None:
         for key in ("r_gw", "step_gw", "r_ga", "step_ga", "r_acc", "step_acc"):
             assert np.log2(entry[key]) == int(np.log2(entry[key])), key
         assert entry["B_GW"] == round(np.log2(entry["r_gw"] / entry["step_gw"])) + 1
+        assert 2 <= min(entry["B_GW"], entry["B_GA"], entry["B_acc"])
+        assert max(entry["B_GW"], entry["B_GA"], entry["B_acc"]) <= 24
         assert entry["r_gw"] >= 2 * entry["sigma_gw_max"]  # eq. 2
         assert entry["step_gw"] < entry["sigma_gw_min"] / 4  # eq. 3
 
@@ -81,7 +102,7 @@ def test_reloaded_outdir_measures_the_promised_pm(compiled) -> None:
     held = x[len(x) // 2:]
     pred, _ = integer_predictions(loaded.integer, held)
     measured = float(np.mean(pred != float_predictions(loaded.reference, held)))
-    assert measured == result.precision["p_m"]["C_o"]
+    assert measured == result.precision["compiled"]["p_m"]
     test = np.load(DIGITS / "test.npz")
     ev = evaluate_graphs(loaded.reference, loaded.integer, test["x"], test["y"])
     assert ev.float_accuracy - ev.integer_accuracy <= 0.01

@@ -9,8 +9,8 @@ from onnx import helper, numpy_helper
 
 from passes import run_passes
 from qcc import zoo
-from qcc.float_exec import run_float
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model
 
 
 def test_resnet8_folds_all_batchnorms() -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from backends.numpy_int.interpreter import integer_predictions
 from qcc import zoo
-from qcc.compiler import compile_model
-from qcc.evaluate import evaluate_graphs, integer_predictions
+from qcc.driver.evaluate import evaluate_graphs
+from qcc.driver.pipeline import compile_model
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 

@@ -13,8 +13,8 @@ from passes.calibrate import TensorStats, calibrate
 from passes.quantize_graph import QuantConfig, quantize_graph
 from passes.schemes import get_scheme
 from qcc import zoo
-from qcc.float_exec import run_batched
-from qcc.onnx_import import import_model
+from qcc.core.float_exec import run_batched
+from qcc.core.onnx_import import import_model
 
 AFFINE = get_scheme("affine")
 

@@ -23,12 +23,12 @@ from passes.quantize_graph import QuantConfig, _level_table, quantize_graph
 from passes.schemes import CodeFormat, get_scheme
 from passes.schemes.apot import WN_EPS, level_set, quantize_layer
 from qcc import zoo
-from qcc.ir import Node, Value
-from qcc.numerics import apot as P
-from qcc.numerics.rounding import round_half_away
-from qcc.onnx_import import import_model
-from qcc.quant_spec import QuantSpec
-from qcc.registry import lookup
+from qcc.core.ir import Node, Value
+from qcc.core.numerics import apot as P
+from qcc.core.numerics.rounding import round_half_away
+from qcc.core.onnx_import import import_model
+from qcc.core.quant_spec import QuantSpec
+from qcc.core.registry import lookup
 
 HALF = Fraction(1, 2)
 

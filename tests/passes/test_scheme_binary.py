@@ -1,6 +1,6 @@
 """The binary and ternary schemes (passes/schemes/binary.py).
 
-Weights against qcc.numerics.binary applied channel by channel and against the closed-form α;
+Weights against qcc.core.numerics.binary applied channel by channel and against the closed-form α;
 integer graphs of the zoo MLP with binary / ternary weights against onnxruntime running the
 float model with the same ±α / {−α, 0, α} weights (16-bit activations, so only the weights
 differ from float). XNOR-popcount execution is tested in tests/backends/test_xnor.py.
@@ -20,9 +20,9 @@ from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
 from passes.schemes import get_scheme
 from passes.schemes.binary import ternarize_channels
 from qcc import zoo
-from qcc.errors import QccError
-from qcc.numerics import binary
-from qcc.onnx_import import import_model
+from qcc.core.errors import QccError
+from qcc.core.numerics import binary
+from qcc.core.onnx_import import import_model
 
 
 def per_channel(w: np.ndarray, axis: int) -> list[np.ndarray]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from qcc.errors import UnsupportedOpError
-from qcc.ir import Node
+from qcc.core.errors import UnsupportedOpError
+from qcc.core.ir import Node
 
 if TYPE_CHECKING:
     from backends.c.emit import EmitContext
@@ -52,6 +52,10 @@ class Kernel:
     """Base of the kernels; subclasses list their `op_types` and implement plan / emit."""
 
     op_types: tuple[str, ...] = ()
+    origin = ""  # what the node stands for, in its function's comment (default: ONNX <op>)
+
+    def describe(self, node: Node) -> str:
+        return self.origin or f"ONNX {node.op_type}"
 
     def plan(self, node: Node, ctx: EmitContext) -> KernelPlan:
         return KernelPlan()
@@ -66,8 +70,8 @@ KERNELS: dict[str, Kernel] = {}
 def c_kernel(cls: type[Kernel]) -> type[Kernel]:
     """Class decorator: register one instance under each of its op types."""
     instance = cls()
-    for op_type in cls.op_types:
-        KERNELS[op_type] = instance
+    for registered_as in cls.op_types:
+        KERNELS[registered_as] = instance
     return cls
 
 
@@ -87,3 +91,4 @@ def _load() -> None:
     import backends.c.ops.gemm  # noqa: F401
     import backends.c.ops.movement  # noqa: F401
     import backends.c.ops.pool  # noqa: F401
+    import backends.c.ops.softmax  # noqa: F401

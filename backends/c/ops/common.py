@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Node
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.requant import requant_of
 
 INT32_LIMIT = 1 << 31
 INT64_LIMIT = 1 << 63
@@ -72,17 +73,13 @@ class Requant:
 
     @classmethod
     def of(cls, node: Node, channels: int, prefix: str) -> Requant:
-        a = node.attrs
-        mult = np.broadcast_to(np.asarray(a.get("multiplier", 1), np.int64), (channels,))
-        shift = np.broadcast_to(np.asarray(a.get("shift", 0), np.int64), (channels,))
-        if np.any(mult < 1) or np.any(mult >= 1 << 24) or np.any(shift < 0) or np.any(
-                shift > 62):
-            raise QccError(f"node {node.name!r}: requantization needs 1 <= M < 2^24, "
-                           "0 <= S <= 62")
-        zp = int(a.get("out_zero_point", 0))
-        lo = max(int(a["out_lo"]), zp) if a.get("relu") else int(a["out_lo"])
-        return cls([int(m) for m in mult], [int(s) for s in shift], zp, lo, int(a["out_hi"]),
-                   prefix)
+        """The node's requantization (qcc.core.requant) with one pair per channel."""
+        req = requant_of(node).check(node)
+        pairs = req.per_channel(channels)
+        if pairs is None:
+            raise QccError(f"node {node.name!r}: {len(req.multipliers)} multipliers for "
+                           f"{channels} channels")
+        return cls(pairs[0], pairs[1], req.zero_point, req.floor, req.hi, prefix)
 
     @property
     def per_channel(self) -> bool:

@@ -35,9 +35,9 @@ from backends.c.ops.common import Requant, acc_type, int_literal, linear
 from backends.c.ops.weights import RowReader
 from backends.c.packing import WeightRows, store_rows
 from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.ops import nn
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.ops import nn
 
 # output positions per im2col block, so each weight load serves that many products: 8 where
 # the compiler keeps 8 accumulators in (vector) registers, 4 on 32-bit Arm (Cortex-M has 13
@@ -110,7 +110,7 @@ class ConvShape:
 
 
 def conv_shape(node: Node, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> ConvShape:
-    """Geometry from qcc.ops.nn.window, as the interpreter's conv resolves it."""
+    """Geometry from qcc.core.ops.nn.window, as the interpreter's conv resolves it."""
     if len(x_shape) not in (3, 4) or x_shape[0] != 1:
         raise QccError(f"QConv {node.name!r}: the C backend takes 1-D or 2-D convolutions of "
                        f"one sample, not input shape {list(x_shape)}")
@@ -151,6 +151,7 @@ class ConvSetup:
 @c_kernel
 class QConvKernel(Kernel):
     op_types = ("QConv",)
+    origin = "ONNX Conv as qcc.QConv"
 
     def setup(self, node: Node, ctx) -> ConvSetup:
         if node.name in ctx.memo:

@@ -16,8 +16,8 @@ import numpy as np
 from backends.c.ops import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import Affine, Requant, acc_type, affine_loops, affine_of
 from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Node
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
 
 
 def index_maps(node: Node, ctx) -> tuple[tuple[int, ...], list[Affine]]:
@@ -55,13 +55,16 @@ def in_place_candidates(node: Node, ctx) -> tuple[int, ...]:
 
 @c_kernel
 class RescaleSumKernel(Kernel):
-    op_types = ("QAdd", "Requantize")
+    """QAdd: Σ_i (x_i − z_i)·M_i, requantized (RescaleKernel: the one-input Requantize)."""
+
+    op_types = ("QAdd",)
+    origin = "ONNX Add as qcc.QAdd"
+    what = "sum of rescaled inputs"
 
     def plan(self, node: Node, ctx) -> KernelPlan:
         _, _, acc_t = self._bound(node, ctx)
-        what = "sum of rescaled inputs" if node.op_type == "QAdd" else "rescale"
         return KernelPlan(in_place=in_place_candidates(node, ctx),
-                          note=f"{what}, {acc_t} accumulator")
+                          note=f"{self.what}, {acc_t} accumulator")
 
     def _bound(self, node: Node, ctx) -> tuple[list[int], int, str]:
         a = node.attrs
@@ -91,6 +94,13 @@ class RescaleSumKernel(Kernel):
             return [f"const {acc_t} acc = {acc};", f"y0[{ix[0]}] = ({out_t}){value};"]
 
         affine_loops(w, shape, maps, body)
+
+
+@c_kernel
+class RescaleKernel(RescaleSumKernel):
+    op_types = ("Requantize",)
+    origin = "qcc.Requantize (format change)"
+    what = "rescale"
 
 
 @c_kernel

@@ -15,12 +15,14 @@ from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
 from backends.c.ops.common import Requant, acc_type
 from backends.c.ops.weights import RowReader
 from backends.c.writer import CWriter
-from qcc.ir import Node
+from qcc.core.ir import Node
+from qcc.core.layers import weight_rows
 
 
 @c_kernel
 class QGemmKernel(Kernel):
     op_types = ("QGemm",)
+    origin = "ONNX Gemm/MatMul as qcc.QGemm"
 
     def setup(self, node: Node, ctx) -> tuple:
         cached = ctx.memo.get(node.name)
@@ -28,7 +30,7 @@ class QGemmKernel(Kernel):
             return cached
         x = ctx.t(node.inputs[0])
         w = node.inputs[1].const
-        rows_w = w if node.attrs.get("transB", 0) else w.T  # (M, K)
+        rows_w = weight_rows(node, w)  # (M, K)
         m, k = rows_w.shape
         xnor = node.attrs.get("dot") == "xnor"
         rows = ctx.weights(node, "w", np.ascontiguousarray(rows_w), xnor=xnor)

@@ -20,9 +20,9 @@ from backends.c.ops import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import Affine, affine_loops, affine_of
 from backends.c.ops.elementwise import TableKernel
 from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.registry import lookup
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.registry import lookup
 
 MOVERS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose",
           "Slice", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")
@@ -89,6 +89,7 @@ class GatherKernel(TableKernel):
     """Gather: a table lookup (constant data) or a copy by index map (constant indices)."""
 
     op_types = ("Gather",)
+    origin = "Gather"
 
     def plan(self, node: Node, ctx) -> KernelPlan:
         if node.inputs[0].is_const:

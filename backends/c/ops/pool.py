@@ -2,7 +2,7 @@
 a window wholly in the padding gives the type's lowest value), AveragePool and
 GlobalAveragePool (kernels.average_pool: the exact window sum over the taps inside the image,
 divided by the window count with divide_round, to nearest, ties away from zero). Geometry
-(pads, strides, dilations, ceil_mode) comes from qcc.ops.nn.window, as in the interpreter.
+(pads, strides, dilations, ceil_mode) comes from qcc.core.ops.nn.window, as in the interpreter.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from backends.c.ops import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import linear
 from backends.c.writer import CWriter
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.ops import nn
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.ops import nn
 
 TYPE_MIN = {"int8_t": "INT8_MIN", "uint8_t": "0", "int16_t": "INT16_MIN", "uint16_t": "0",
             "int32_t": "INT32_MIN"}
@@ -60,7 +60,10 @@ def _row_major(names: list[str], sizes: list[int]) -> str:
 
 @c_kernel
 class WindowPoolKernel(Kernel):
-    op_types = ("MaxPool", "AveragePool")
+    """MaxPool; AveragePoolKernel below is the same loops with a rounded mean."""
+
+    op_types = ("MaxPool",)
+    average = False
 
     def plan(self, node: Node, ctx) -> KernelPlan:
         if len(node.outputs) > 1 and node.outputs[1].consumers:
@@ -72,7 +75,7 @@ class WindowPoolKernel(Kernel):
     def emit(self, node: Node, ctx, w: CWriter) -> None:
         x = ctx.t(node.inputs[0])
         axes = pool_axes(node, x.shape)
-        average = node.op_type == "AveragePool"
+        average = self.average
         taps = math.prod(a.kernel for a in axes)
         sum_t = "int32_t" if taps * x.absmax < 1 << 31 else "int64_t"
         outs, taps_at = [f"o{i}" for i in range(len(axes))], [f"k{i}" for i in range(len(axes))]
@@ -123,8 +126,17 @@ class WindowPoolKernel(Kernel):
 
 
 @c_kernel
+class AveragePoolKernel(WindowPoolKernel):
+    op_types = ("AveragePool",)
+    average = True
+
+
+@c_kernel
 class GlobalPoolKernel(Kernel):
-    op_types = ("GlobalMaxPool", "GlobalAveragePool")
+    """GlobalMaxPool; GlobalAveragePoolKernel below takes the rounded mean instead."""
+
+    op_types = ("GlobalMaxPool",)
+    average = False
 
     def plan(self, node: Node, ctx) -> KernelPlan:
         return KernelPlan(note=f"{node.op_type} over each channel")
@@ -136,7 +148,7 @@ class GlobalPoolKernel(Kernel):
         w.line("int32_t c, p;")
         with w.block(f"for (c = 0; c < {channels}; ++c)"):
             w.line(f"const {x.ctype} *const xc = x0 + c * {plane};")
-            if node.op_type == "GlobalMaxPool":
+            if not self.average:
                 w.line(f"{x.ctype} best = xc[0];")
                 with w.block(f"for (p = 1; p < {plane}; ++p)"):
                     w.line("best = xc[p] > best ? xc[p] : best;")
@@ -147,3 +159,9 @@ class GlobalPoolKernel(Kernel):
             with w.block(f"for (p = 0; p < {plane}; ++p)"):
                 w.line("total += xc[p];")
             w.line(f"y0[c] = ({x.ctype}){ctx.rt}divide_round(total, {plane});")
+
+
+@c_kernel
+class GlobalAveragePoolKernel(GlobalPoolKernel):
+    op_types = ("GlobalAveragePool",)
+    average = True

@@ -2,7 +2,8 @@
  * qcc runtime: the integer arithmetic of qcc's NumPy interpreter, function for function.
  *
  * Each function names its Python twin (backends/numpy_int/kernels.py, qcc/numerics/rounding.py,
- * qcc/numerics/packing.py, qcc/numerics/binary.py); both give the same bits for every input.
+ * qcc/numerics/packing.py, qcc/numerics/binary.py; the training section at the end:
+ * backends/numpy_int/train_step.py and training/); both give the same bits for every input.
  * C99, no malloc, no float except in qcc_quantize / qcc_dequantize (the model's float edges).
  *
  * The C backend copies this file next to a model as <name>_runtime.h, the function and macro
@@ -112,5 +113,544 @@ int32_t qcc_quantize(float x, double scale, int32_t zero_point, int32_t lo, int3
 
 /* kernels.dequantize (float edge): (code - zero_point) * scale in double, rounded to float. */
 float qcc_dequantize(int32_t code, int32_t zero_point, double scale);
+
+/*
+ * Training: the integer arithmetic of one fixed-point train step, function for function the
+ * NumPy specification (backends/numpy_int/train_step.py and training/), used by
+ * <name>_train.c only. Every function is static inline, so a model that does not train
+ * compiles none of it. Activations / weights are int32_t; gradient buffers are qcc_grad,
+ * int32_t when the emitter proved every gradient value of the model (transients included)
+ * below 2^31 in magnitude (it then defines QCC_GRAD_BITS 32 before the include), else int64_t;
+ * all arithmetic on them is int64_t. `x << k` of a negative x is written x * 2^k (qcc_pow2).
+ */
+#ifndef QCC_GRAD_BITS
+#define QCC_GRAD_BITS 64
+#endif
+#if QCC_GRAD_BITS == 32
+typedef int32_t qcc_grad;
+#else
+typedef int64_t qcc_grad;
+#endif
+
+/* The counter-based PRNG of qcc.numerics.rounding: the stream position (seed, counter). */
+typedef struct {
+    uint32_t seed;
+    uint32_t counter;
+} qcc_rng;
+
+/* A gradient read through stochastic ternarization (binary.stochastic_ternarize, seeds/000
+ * Algorithm 1): element i reads as sign(dy[i]) or 0 by the next draw of *rng against
+ * scale = max |dy|. The kernels below read dy once per element in row-major order, which is
+ * the order the specification draws in; NULL reads dy itself. */
+typedef struct {
+    qcc_rng *rng;
+    int64_t scale;
+} qcc_tern;
+
+/* 2-D window geometry of a Conv or pool (a Gemm with transB is the 1 x 1 case on 1 x 1
+ * inputs). A grouped Conv (depthwise: groups = c) reads input channels
+ * group * c / groups .. of output channel m's group m / (m / groups). */
+typedef struct {
+    int32_t c, h, w;        /* input channels and spatial size (per sample) */
+    int32_t m, oh, ow;      /* output channels and spatial size */
+    int32_t kh, kw, sh, sw, dh, dw, ph, pw;  /* kernel, strides, dilations, leading pads */
+    int32_t groups;
+    int32_t wt;             /* weights stored input-major (a Gemm without transB: K x M) */
+} qcc_conv;
+
+/* where weight (m, c, ky, kx) is stored; c counts within m's group */
+static inline int32_t qcc_widx(const qcc_conv *g, int32_t m, int32_t c, int32_t ky, int32_t kx)
+{
+    const int32_t tap = (c * g->kh + ky) * g->kw + kx;
+    return g->wt ? tap * g->m + m : m * (g->c / g->groups) * g->kh * g->kw + tap;
+}
+
+static inline int64_t qcc_pow2(int32_t k) { return (int64_t)1 << k; }
+
+/* rounding.mix32: lowbias32 */
+static inline uint32_t qcc_mix32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* rounding.draw_u32 of one element: rand_u32(seed, counter), then counter + 1 */
+static inline uint32_t qcc_draw(qcc_rng *rng)
+{
+    const uint32_t key = qcc_mix32(rng->seed ^ 0x9E3779B9u);
+    const uint32_t d = qcc_mix32(rng->counter ^ key);
+    rng->counter += 1u;
+    return d;
+}
+
+/* binary.stochastic_ternarize of one integer element (the next draw d):
+ * sign(g) if d * s < |g| * 2^32 (uint64, |g| <= s < 2^31), else 0 */
+static inline int64_t qcc_ternary(int64_t g, int64_t s, qcc_rng *rng)
+{
+    const uint64_t d = qcc_draw(rng);
+    const uint64_t mag = (uint64_t)(g < 0 ? -g : g);
+    if (d * (uint64_t)s < (mag << 32)) {
+        return g < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+/* element i of dy as the kernels read it (qcc_tern) */
+static inline int64_t qcc_read(const qcc_grad *dy, int64_t i, const qcc_tern *t)
+{
+    return t == 0 ? dy[i] : qcc_ternary(dy[i], t->scale, t->rng);
+}
+
+/* max |c| of n codes (the ternarization scale s) */
+static inline int64_t qcc_absmax(const qcc_grad *c, int32_t n)
+{
+    int64_t m = 0;
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int64_t a = c[i] < 0 ? -(int64_t)c[i] : c[i];
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+/* rounding.stochastic_round_shift: floor((x + u) / 2^s), u = draw >> (32 - s); one draw
+ * also when s == 0 (u = 0) so the stream position never depends on the data */
+static inline int64_t qcc_stochastic_shift(int64_t x, int32_t s, qcc_rng *rng)
+{
+    const uint32_t d = qcc_draw(rng);
+    const uint64_t u = s == 0 ? 0u : (uint64_t)(d >> (32 - s));
+    const uint64_t low = (uint64_t)(x & (qcc_pow2(s) - 1)) + u;
+    return (x >> s) + (int64_t)(low >> s);
+}
+
+/* gradients.stochastic_divide: floor(x / d) + [draw * d < (x mod d) * 2^32] */
+static inline int64_t qcc_stochastic_divide(int64_t x, int64_t d, qcc_rng *rng)
+{
+    int64_t q = x / d;
+    uint64_t r;
+    if (x % d != 0 && x < 0) {
+        q -= 1; /* C truncates; the spec floors */
+    }
+    r = (uint64_t)(x - q * d);
+    return q + ((uint64_t)qcc_draw(rng) * (uint64_t)d < (r << 32) ? 1 : 0);
+}
+
+/* gradients.round_gradient of n codes in place: codes of step 2^exp carrying divisor d0
+ * (times the batch when per_batch) become codes of step 2^target */
+static inline void qcc_round_gradient(qcc_grad *c, int32_t n, int32_t exp, int64_t d0, int per_batch,
+                                     int32_t target, int32_t batch, qcc_rng *rng)
+{
+    int32_t shift = target - exp, i, s = 0;
+    int64_t divisor;
+    if (shift < 0) {
+        for (i = 0; i < n; ++i) {
+            c[i] = (qcc_grad)(c[i] * qcc_pow2(-shift));
+        }
+        shift = 0;
+    }
+    divisor = d0 * (per_batch ? batch : 1) * qcc_pow2(shift);
+    if (divisor == 1) {
+        return; /* exact: nothing drawn */
+    }
+    if ((divisor & (divisor - 1)) == 0) {
+        while (((int64_t)1 << s) != divisor) {
+            ++s;
+        }
+        for (i = 0; i < n; ++i) {
+            c[i] = (qcc_grad)qcc_stochastic_shift(c[i], s, rng);
+        }
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        c[i] = (qcc_grad)qcc_stochastic_divide(c[i], divisor, rng);
+    }
+}
+
+/* gradients.saturate: clip to the signed `bits`-wide range, counting the clipped */
+static inline void qcc_saturate(qcc_grad *c, int32_t n, int32_t bits, uint32_t *clipped)
+{
+    const int64_t hi = qcc_pow2(bits - 1) - 1, lo = -hi - 1;
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        if (c[i] < lo || c[i] > hi) {
+            *clipped += 1u;
+            c[i] = (qcc_grad)(c[i] < lo ? lo : hi);
+        }
+    }
+}
+
+/* kernels.qconv / qgemm with x_zero_point 0: acc = sum x w + b, requantize per channel
+ * (round_shift(acc * mult, shift) + zp, clamped to [floor, hi]) */
+static inline void qcc_conv_forward(const qcc_conv *g, int32_t n, const int32_t *x, const int32_t *w,
+                                   const int32_t *b, const int32_t *mult, const int32_t *shift,
+                                   int32_t zp, int32_t floor_, int32_t hi, int32_t *y)
+{
+    const int32_t cg = g->c / g->groups, mg = g->m / g->groups;
+    int32_t s, m, oy, ox, c, ky, kx;
+    for (s = 0; s < n; ++s) {
+        const int32_t *xs = x + (int64_t)s * g->c * g->h * g->w;
+        int32_t *ys = y + (int64_t)s * g->m * g->oh * g->ow;
+        for (m = 0; m < g->m; ++m) {
+            const int32_t *xg = xs + (int64_t)(m / mg) * cg * g->h * g->w;
+            for (oy = 0; oy < g->oh; ++oy) {
+                for (ox = 0; ox < g->ow; ++ox) {
+                    int64_t acc = b != 0 ? b[m] : 0, v;
+                    for (c = 0; c < cg; ++c) {
+                        for (ky = 0; ky < g->kh; ++ky) {
+                            const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+                            if (iy < 0 || iy >= g->h) {
+                                continue;
+                            }
+                            for (kx = 0; kx < g->kw; ++kx) {
+                                const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                                if (ix < 0 || ix >= g->w) {
+                                    continue;
+                                }
+                                acc += (int64_t)xg[(c * g->h + iy) * g->w + ix] *
+                                       w[qcc_widx(g, m, c, ky, kx)];
+                            }
+                        }
+                    }
+                    v = qcc_round_shift(acc * mult[m], shift[m]) + zp;
+                    ys[(m * g->oh + oy) * g->ow + ox] =
+                        (int32_t)(v < floor_ ? floor_ : v > hi ? hi : v);
+                }
+            }
+        }
+    }
+}
+
+/* gradients.conv_weight_grad (and gemm's): dW = sum over batch and positions dY x patch,
+ * exact; gw has the weight's layout, overwritten (or added to when `accumulate`). With tern,
+ * dY is one stochastic ternarization of G_A (train_step._weight_gradient) */
+static inline void qcc_conv_weight_grad(const qcc_conv *g, int32_t n, const int32_t *x,
+                                       const qcc_grad *dy, const qcc_tern *tern, int accumulate,
+                                       qcc_grad *gw)
+{
+    const int32_t cg = g->c / g->groups, mg = g->m / g->groups;
+    const int32_t k = g->m * cg * g->kh * g->kw, plane = g->oh * g->ow;
+    int32_t s, m, oy, ox, c, ky, kx, i;
+    if (!accumulate) {
+        for (i = 0; i < k; ++i) {
+            gw[i] = 0;
+        }
+    }
+    for (s = 0; s < n; ++s) {
+        const int32_t *xs = x + (int64_t)s * g->c * g->h * g->w;
+        for (m = 0; m < g->m; ++m) {
+            const int32_t *xg = xs + (int64_t)(m / mg) * cg * g->h * g->w;
+            for (oy = 0; oy < g->oh; ++oy) {
+                for (ox = 0; ox < g->ow; ++ox) {
+                    const int64_t d = qcc_read(dy, ((int64_t)s * g->m + m) * plane +
+                                              oy * g->ow + ox, tern);
+                    if (d == 0) {
+                        continue;
+                    }
+                    for (c = 0; c < cg; ++c) {
+                        for (ky = 0; ky < g->kh; ++ky) {
+                            const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+                            if (iy < 0 || iy >= g->h) {
+                                continue;
+                            }
+                            for (kx = 0; kx < g->kw; ++kx) {
+                                const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                                qcc_grad *at;
+                                if (ix < 0 || ix >= g->w) {
+                                    continue;
+                                }
+                                at = &gw[qcc_widx(g, m, c, ky, kx)];
+                                *at = (qcc_grad)(*at + d * xg[(c * g->h + iy) * g->w + ix]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* gradients.conv_input_grad (and gemm's): dX = W^T dY' scattered through the patches, exact,
+ * where dY' = dY (or its ternarization) * scale * mult[m] (train_step._weighted_backward:
+ * scale s with TBP, else 1; mult the binary layer's alpha_mult, or NULL) */
+static inline void qcc_conv_input_grad(const qcc_conv *g, int32_t n, const int32_t *w,
+                                      const qcc_grad *dy, const qcc_tern *tern, int64_t scale,
+                                      const int32_t *mult, qcc_grad *dx)
+{
+    const int32_t cg = g->c / g->groups, mg = g->m / g->groups, plane = g->oh * g->ow;
+    int32_t s, m, oy, ox, c, ky, kx, i;
+    for (i = 0; i < n * g->c * g->h * g->w; ++i) {
+        dx[i] = 0;
+    }
+    for (s = 0; s < n; ++s) {
+        qcc_grad *xs = dx + (int64_t)s * g->c * g->h * g->w;
+        for (m = 0; m < g->m; ++m) {
+            qcc_grad *xg = xs + (int64_t)(m / mg) * cg * g->h * g->w;
+            const int64_t factor = scale * (mult != 0 ? mult[m] : 1);
+            for (oy = 0; oy < g->oh; ++oy) {
+                for (ox = 0; ox < g->ow; ++ox) {
+                    const int64_t d = factor * qcc_read(dy, ((int64_t)s * g->m + m) * plane +
+                                                       oy * g->ow + ox, tern);
+                    if (d == 0) {
+                        continue;
+                    }
+                    for (c = 0; c < cg; ++c) {
+                        for (ky = 0; ky < g->kh; ++ky) {
+                            const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+                            if (iy < 0 || iy >= g->h) {
+                                continue;
+                            }
+                            for (kx = 0; kx < g->kw; ++kx) {
+                                const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                                qcc_grad *at;
+                                if (ix < 0 || ix >= g->w) {
+                                    continue;
+                                }
+                                at = &xg[(c * g->h + iy) * g->w + ix];
+                                *at = (qcc_grad)(*at + d * w[qcc_widx(g, m, c, ky, kx)]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* total * s of n codes in place (TBP: the summed ternary weight gradient times s) */
+static inline void qcc_scale(qcc_grad *c, int32_t n, int64_t s)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        c[i] = (qcc_grad)(c[i] * s);
+    }
+}
+
+/* grads.maxpool_vjp on n * channels planes: each output's gradient goes to the first maximum
+ * of its window (taps in the padding never win: they read as -inf) */
+static inline void qcc_maxpool_backward(const qcc_conv *g, int32_t planes, const int32_t *x,
+                                        const qcc_grad *dy, qcc_grad *dx)
+{
+    int32_t p, oy, ox, ky, kx, i;
+    for (i = 0; i < planes * g->h * g->w; ++i) {
+        dx[i] = 0;
+    }
+    for (p = 0; p < planes; ++p) {
+        const int32_t *xp = x + (int64_t)p * g->h * g->w;
+        for (oy = 0; oy < g->oh; ++oy) {
+            for (ox = 0; ox < g->ow; ++ox) {
+                int32_t best = -1;
+                for (ky = 0; ky < g->kh; ++ky) {
+                    const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+                    if (iy < 0 || iy >= g->h) {
+                        continue;
+                    }
+                    for (kx = 0; kx < g->kw; ++kx) {
+                        const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                        if (ix >= 0 && ix < g->w && (best < 0 || xp[iy * g->w + ix] > xp[best])) {
+                            best = iy * g->w + ix;
+                        }
+                    }
+                }
+                if (best >= 0) {
+                    qcc_grad *to = &dx[(int64_t)p * g->h * g->w + best];
+                    *to = (qcc_grad)(*to + dy[((int64_t)p * g->oh + oy) * g->ow + ox]);
+                }
+            }
+        }
+    }
+}
+
+/* grads.spread on n * channels planes (AveragePool backward without the division, which the
+ * gradient's divisor carries): each output's gradient added to every input tap of its window */
+static inline void qcc_avgpool_backward(const qcc_conv *g, int32_t planes, const qcc_grad *dy,
+                                        qcc_grad *dx)
+{
+    int32_t p, oy, ox, ky, kx, i;
+    for (i = 0; i < planes * g->h * g->w; ++i) {
+        dx[i] = 0;
+    }
+    for (p = 0; p < planes; ++p) {
+        qcc_grad *xp = dx + (int64_t)p * g->h * g->w;
+        for (oy = 0; oy < g->oh; ++oy) {
+            for (ox = 0; ox < g->ow; ++ox) {
+                const qcc_grad d = dy[((int64_t)p * g->oh + oy) * g->ow + ox];
+                for (ky = 0; ky < g->kh; ++ky) {
+                    const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+                    if (iy < 0 || iy >= g->h) {
+                        continue;
+                    }
+                    for (kx = 0; kx < g->kw; ++kx) {
+                        const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                        if (ix >= 0 && ix < g->w) {
+                            xp[iy * g->w + ix] = (qcc_grad)(xp[iy * g->w + ix] + d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* GlobalAveragePool backward (divisor carried by the gradient): each plane's gradient to
+ * every position of the plane */
+static inline void qcc_broadcast_grad(int32_t planes, int32_t plane, const qcc_grad *dy,
+                                      qcc_grad *dx)
+{
+    int32_t p, i;
+    for (p = 0; p < planes; ++p) {
+        for (i = 0; i < plane; ++i) {
+            dx[(int64_t)p * plane + i] = dy[p];
+        }
+    }
+}
+
+/* Transpose / Concat backward for n samples: input element j of a sample reads output element
+ * map[j] of the same sample (the forward's inverse, a permutation or a slice) */
+static inline void qcc_gather_grad(int32_t n, int32_t in_size, int32_t out_size,
+                                   const uint32_t *map, const qcc_grad *dy, qcc_grad *dx)
+{
+    int32_t s, j;
+    for (s = 0; s < n; ++s) {
+        for (j = 0; j < in_size; ++j) {
+            dx[(int64_t)s * in_size + j] = dy[(int64_t)s * out_size + map[j]];
+        }
+    }
+}
+
+/* A fused or plain ReLU's backward in place: the gradient is kept where act > threshold
+ * (Relu: its input > 0; a fused ReLU: the output > its zero point) */
+static inline void qcc_mask_grad(qcc_grad *g, int32_t n, const int32_t *act, int32_t threshold)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        if (act[i] <= threshold) {
+            g[i] = 0;
+        }
+    }
+}
+
+/* train_step._accumulate: two gradients of one tensor summed at the finer step,
+ * a = a * 2^ka + b * 2^kb (one of ka, kb is 0) */
+static inline void qcc_add_grad(qcc_grad *a, int32_t n, int32_t ka, const qcc_grad *b,
+                                int32_t kb)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        a[i] = (qcc_grad)(a[i] * qcc_pow2(ka) + b[i] * qcc_pow2(kb));
+    }
+}
+
+/* softmax_ce.ce_gradient_q24 of one sample's m logits codes (step 2^z_exp): g in Q.24 */
+static inline void qcc_ce_gradient(const int32_t *z, int32_t m, int32_t z_exp, int32_t label,
+                                  const int64_t *lut, qcc_grad *g)
+{
+    int64_t mx = z[0], s = 0;
+    int32_t j;
+    for (j = 1; j < m; ++j) {
+        mx = z[j] > mx ? z[j] : mx;
+    }
+    for (j = 0; j < m; ++j) {
+        int64_t t = (mx - z[j]) * 24204406; /* LOG2E_Q */
+        const int32_t shift = 8 - z_exp;
+        int32_t nn, k;
+        t = shift >= 0 ? qcc_round_shift(t, shift) : t * qcc_pow2(-shift);
+        if (t > ((int64_t)32 << 16)) {
+            t = (int64_t)32 << 16;
+        }
+        nn = (int32_t)(t >> 16);
+        k = (int32_t)(((t & 0xFFFF) + 128) >> 8);
+        g[j] = (qcc_grad)(nn <= 30 ? qcc_round_shift(lut[k], nn) : 0); /* e_j for now */
+        s += g[j];
+    }
+    for (j = 0; j < m; ++j) {
+        g[j] = (qcc_grad)((2 * (g[j] * qcc_pow2(24)) + s) / (2 * s) -
+                         (j == label ? qcc_pow2(24) : 0));
+    }
+}
+
+/* updates.update_fixed of n weights by rule 'f' (fx: acc = A), 'b' (bc: acc = H), 's' (sr)
+ * or 'r' (r); u = G_W << ushift in accumulator units, b = acc_bits */
+static inline void qcc_update_fixed(char rule, int32_t n, int32_t *w, int32_t *acc,
+                                   const qcc_grad *gw, int32_t ushift, int32_t b, int32_t lo,
+                                   int32_t hi, qcc_rng *rng, uint32_t *clipped)
+{
+    const int64_t half = qcc_pow2(b - 1);
+    const int64_t h_lo = lo * qcc_pow2(b) - half, h_hi = hi * qcc_pow2(b) + half - 1;
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int64_t u = gw[i] * qcc_pow2(ushift);
+        if (rule == 'f' || rule == 'b') {
+            int64_t h = (rule == 'f' ? w[i] * qcc_pow2(b) + acc[i] : acc[i]) - u, p;
+            if (h < h_lo || h > h_hi) {
+                *clipped += 1u;
+                h = h < h_lo ? h_lo : h_hi;
+            }
+            p = (h + half) >> b;
+            w[i] = (int32_t)p;
+            acc[i] = (int32_t)(rule == 'f' ? h - p * qcc_pow2(b) : h);
+        } else {
+            const int64_t target = w[i] * qcc_pow2(b) - u;
+            int64_t p = rule == 's' ? qcc_stochastic_shift(target, b, rng)
+                                    : qcc_round_shift(target, b);
+            if (p < lo || p > hi) {
+                *clipped += 1u;
+                p = p < lo ? lo : hi;
+            }
+            w[i] = (int32_t)p;
+        }
+    }
+}
+
+/* updates.update_binary of n weights b = +-1 by rule 'b' (bc: acc = H in [-a_c, a_c]), 's'
+ * (sr) or 'r' (r); a_c = alpha_acc[c], channel c = i / per_channel (the output channel is the
+ * weight's first axis); u = G_W << ushift */
+static inline void qcc_update_binary(char rule, int32_t n, int32_t per_channel, int32_t *w,
+                                    int32_t *acc, const qcc_grad *gw, int32_t ushift,
+                                    const int32_t *alpha_acc, qcc_rng *rng, uint32_t *clipped)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int64_t a = alpha_acc[i / per_channel], u = gw[i] * qcc_pow2(ushift);
+        if (rule == 'b') {
+            int64_t h = acc[i] - u;
+            if (h < -a || h > a) {
+                *clipped += 1u;
+                h = h < -a ? -a : a;
+            }
+            acc[i] = (int32_t)h;
+            w[i] = h >= 0 ? 1 : -1;
+        } else if (rule == 'r') {
+            w[i] = w[i] * a - u >= 0 ? 1 : -1;
+        } else {
+            int64_t v = w[i] * a - u;
+            v = v < -a ? -a : v > a ? a : v;
+            w[i] = (uint64_t)qcc_draw(rng) * (uint64_t)(2 * a) < ((uint64_t)(v + a) << 32) ? 1
+                                                                                       : -1;
+        }
+    }
+}
+
+/* updates.update_bias: M <- sat32(M - sum G_A << ushift); code = sat32(round_shift(M * mult,
+ * shift)) per output channel */
+static inline void qcc_update_bias(int32_t m, int32_t *master, int32_t *bias, const int64_t *gb,
+                                  int32_t ushift, const int32_t *mult, const int32_t *shift,
+                                  uint32_t *clipped)
+{
+    int32_t c;
+    for (c = 0; c < m; ++c) {
+        int64_t v = master[c] - gb[c] * qcc_pow2(ushift);
+        if (v < INT32_MIN || v > INT32_MAX) {
+            *clipped += 1u;
+            v = v < INT32_MIN ? INT32_MIN : INT32_MAX;
+        }
+        master[c] = (int32_t)v;
+        v = qcc_round_shift(v * mult[c], shift[c]);
+        bias[c] = (int32_t)(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
+    }
+}
 
 #endif /* QCC_RUNTIME_H */

@@ -1,3 +1,4 @@
-"""Pieces of the fixed-point train step (backends/numpy_int/train_step.py): the integer softmax
-cross-entropy, gradient rounding and exact backward products, the update rules, the host-side
-training loop, OUTDIR files and the from-scratch experiment of seeds/001 §4."""
+"""Pieces of the fixed-point train step (backends/numpy_int/train_step.py): every op's integer
+backward (vjps.py, registered as `int_vjp`), gradient rounding and exact backward products
+(gradients.py), the update rules (updates.py) and the host-side training loop (loop.py). The
+integer softmax cross-entropy is backend-independent: qcc/core/numerics/softmax_ce.py."""

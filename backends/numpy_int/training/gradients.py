@@ -6,9 +6,9 @@ tensor carries: 1, the batch N, a pooling count, the TBP sample count S) become 
 target step 2^t: c · 2^(e-t) / D0. With k = t - e:
 - k < 0: c is first shifted left by -k (exact), then k = 0;
 - D = D0 · 2^k. D == 1: exact, nothing drawn. D a power of two 2^s: `stochastic_round_shift`
-  (qcc.numerics.rounding: floor((c + u) / 2^s), u = draw >> (32 - s)). Otherwise
+  (qcc.core.numerics.rounding: floor((c + u) / 2^s), u = draw >> (32 - s)). Otherwise
   `stochastic_divide`: floor(c / D) + [draw · D < (c mod D) · 2^32], the exact integer Bernoulli
-  test of qcc.numerics.binary.stochastic_ternarize. Both are unbiased and draw one number per
+  test of qcc.core.numerics.binary.stochastic_ternarize. Both are unbiased and draw one number per
   element in C (row-major) order.
 Integer products run on float64 BLAS only after checking every partial sum stays below 2^53, so
 they are exact (the C side accumulates in int64).
@@ -20,10 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from passes.training_program import GradRep
-from qcc.errors import QccError
-from qcc.ir import Node
-from qcc.numerics.rounding import RngState, draw_u32, int_range, stochastic_round_shift
-from qcc.ops.grads import col2im, conv_geometry, im2col
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.numerics.rounding import RngState, draw_u32, int_range, stochastic_round_shift
+from qcc.core.ops.grads import col2im, conv_geometry, im2col
 
 I64 = NDArray[np.int64]
 EXACT = 1 << 53
@@ -125,15 +125,3 @@ def gemm_input_grad(node: Node, w: np.ndarray, dy: I64) -> I64:
     _check_exact(dy.shape[1], w, dy, node)
     wf, dyf = w.astype(np.float64), dy.astype(np.float64)
     return _exact(dyf @ wf if node.attrs.get("transB", 0) else dyf @ wf.T)
-
-
-def weight_grad(node: Node, x: np.ndarray, dy: I64, w_shape: tuple[int, ...]) -> I64:
-    if node.op_type == "QConv":
-        return conv_weight_grad(node, x, dy, w_shape)
-    return gemm_weight_grad(node, x, dy)
-
-
-def input_grad(node: Node, w: np.ndarray, dy: I64, x_shape: tuple[int, ...]) -> I64:
-    if node.op_type == "QConv":
-        return conv_input_grad(node, w, dy, x_shape)
-    return gemm_input_grad(node, w, dy)

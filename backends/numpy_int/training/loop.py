@@ -17,14 +17,14 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from threadpoolctl import threadpool_limits
 
+from backends.numpy_int.interpreter import integer_predictions
 from backends.numpy_int.train_step import StepReport, TrainState, train_step
 from passes.training_program import LayerProgram, TrainingProgram
-from qcc.errors import QccError
-from qcc.evaluate import integer_predictions
-from qcc.ir import Graph
-from qcc.numerics import fixed
-from qcc.numerics.binary import sign_pm1
-from qcc.train import TrainConfig, learning_rate
+from qcc.core.errors import QccError
+from qcc.core.float_train import TrainConfig, learning_rate
+from qcc.core.ir import Graph
+from qcc.core.numerics import fixed
+from qcc.core.numerics.binary import sign_pm1
 
 
 @dataclass
@@ -55,7 +55,7 @@ def train_epochs(program: TrainingProgram, integer: Graph, state: TrainState, x:
                  progress: bool = False,
                  on_epoch: Callable[[int], None] | None = None) -> History:
     """One epoch per entry of lr_exps; batches from a seeded permutation per epoch, in the
-    order qcc.train draws them (so float and fixed-point runs see the same batches)."""
+    order qcc.core.float_train draws them (so float and fixed-point runs see the same batches)."""
     rng = np.random.default_rng(seed)
     batches = math.ceil(len(x) / batch_size)
     history = History()
@@ -81,22 +81,32 @@ def train_steps(program: TrainingProgram, integer: Graph, state: TrainState, x: 
                 y: np.ndarray, steps: int, batch_size: int, lr_exp: int, seed: int = 0,
                 progress: bool = True) -> History:
     """`steps` steps at 2^lr_exp over seeded shuffled passes through (x, y)."""
-    rng = np.random.default_rng(seed)
     history = History()
     reports: list[StepReport] = []
-    order = np.zeros(0, np.int64)
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"), _bar(progress) as bar:
         task = bar.add_task("fixed-point training", total=steps, loss=float("nan"))
-        for _ in range(steps):
-            if len(order) < batch_size:  # a new pass: the leftover samples come first
-                order = np.concatenate([order, rng.permutation(len(x))])
-            idx, order = order[:batch_size], order[batch_size:]
+        for idx in batch_order(len(x), steps, batch_size, seed):
             reports.append(train_step(program, integer, state, x[idx], y[idx], lr_exp))
             bar.update(task, advance=1, loss=reports[-1].loss)
     _record(history, reports, lr_exp)
     history.seconds = time.perf_counter() - start
     return history
+
+
+def batch_order(samples: int, steps: int, batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    """The sample indices of each of `steps` minibatches: seeded shuffled passes through the
+    data, the leftover samples of a pass first in the next (what `qcc train` and
+    `qcc train-data` use, so the NumPy and the C train step see the same batches)."""
+    rng = np.random.default_rng(seed)
+    order = np.zeros(0, np.int64)
+    batches = []
+    for _ in range(steps):
+        if len(order) < batch_size:  # a new pass: the leftover samples come first
+            order = np.concatenate([order, rng.permutation(samples)])
+        idx, order = order[:batch_size], order[batch_size:]
+        batches.append(idx)
+    return batches
 
 
 def _record(history: History, reports: list[StepReport], lr_exp: int) -> None:

@@ -35,8 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from passes.training_program import LayerProgram
-from qcc.errors import QccError
-from qcc.numerics.rounding import (
+from qcc.core.errors import QccError
+from qcc.core.numerics.rounding import (
     INT32_MAX,
     INT32_MIN,
     RngState,

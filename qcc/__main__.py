@@ -1,0 +1,5 @@
+"""`python -m qcc`: the command line."""
+
+from qcc.driver.cli import main
+
+main()

@@ -1,0 +1,296 @@
+"""Fake quantizers: QONNX's Quant, BipolarQuant and Trunc, and qcc's APoTQuant, with their VJPs.
+
+QONNX ops (domain `qonnx.custom_op.general`, also read under FINN's older
+`finn.custom_op.general`), float semantics as in the QONNX specification (docs/qonnx-custom-ops):
+
+    Quant(x, scale, zero_point, bit_width; signed, narrow, rounding_mode)
+        v = x / scale + zero_point, clipped to [min_int, max_int] of (signed, narrow, bit_width),
+        rounded by rounding_mode; y = (v - zero_point) · scale. A signed 1-bit Quant is bipolar.
+    BipolarQuant(x, scale)       y = scale · (x >= 0 ? +1 : -1)
+    Trunc(x, scale, zero_point, in_bits, out_bits; rounding_mode)                  (version 1)
+    Trunc(x, scale, zero_point, in_bits, out_scale, out_bits; signed, narrow, rounding_mode) (v2)
+        drops the low in_bits - out_bits bits of the integer x/scale + zero_point.
+
+Scale, zero point and bit width broadcast against x (per tensor or per channel).
+
+qcc's own APoTQuant(x, alpha; bits, k, signed, grid_rounding) (domain `qcc`) is RCF with
+projection onto the APoT level set (seeds/004 eq. 7): y = α · Π_{Q(1,b)}(clip(x / α, [-1, 1])),
+the levels those of qcc.core.numerics.apot.APoTFormat(bits, k, signed) (PoT when k is the
+magnitude width). grid_rounding = 1 projects the way integer hardware does from an exact
+accumulator (`project_normalized`); `qcc qat` sets it on activations.
+
+Gradients. The rounding (projection) passes the gradient straight through (STE, seeds/004
+§2.5: ∂Ŵ/∂W̃ = 1) inside the clipping range and stops it outside. The clipping threshold gets
+RCF's gradient (seeds/004 eq. 8): ∂y/∂α = sign(x) where |x| > α, Π(x/α) − x/α inside. For Quant
+the learned parameter is the scale; with α = scale · max_int eq. 8 becomes (Appendix A: "in
+uniform quantization ... equivalent to LSQ") ∂y/∂scale = (q − z) − x/scale inside and (q − z)
+outside, q the clipped, rounded code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from qcc.core.errors import QccError
+from qcc.core.ir import Node
+from qcc.core.numerics import apot
+from qcc.core.ops.grads import unbroadcast
+from qcc.core.registry import (
+    QCC_DOMAIN,
+    QONNX_DOMAINS,
+    TensorType,
+    declare,
+    float_kernel,
+    shape_fn,
+    vjp,
+)
+
+QONNX_OPS = ("Quant", "BipolarQuant", "Trunc")
+APOT_OP = "APoTQuant"
+QUANTIZER_OPS = (*QONNX_OPS, APOT_OP)
+
+ROUNDING = {
+    "ROUND": np.round, "HALF_EVEN": np.round, "CEIL": np.ceil, "FLOOR": np.floor,
+    "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)), "DOWN": np.fix,
+    "ROUND_TO_ZERO": np.fix,
+    "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+    "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5),
+}
+
+
+def int_bounds(signed: bool, narrow: bool, bits: int) -> tuple[int, int]:
+    """[min_int, max_int] of QONNX: signed [-2^(b-1) (+1 if narrow), 2^(b-1) - 1], unsigned
+    [0, 2^b - 1 (-1 if narrow)]."""
+    if signed:
+        return -(1 << (bits - 1)) + int(narrow), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1 - int(narrow)
+
+
+def rounding(node: Node, default: str = "ROUND"):
+    mode = str(node.attrs.get("rounding_mode", default)).upper()
+    if mode not in ROUNDING:
+        raise QccError(f"{node.op_type} {node.name!r}: unknown rounding_mode {mode!r} "
+                       f"(known: {', '.join(sorted(ROUNDING))})")
+    return ROUNDING[mode]
+
+
+def bit_width(node: Node, bits: np.ndarray, what: str = "bit width") -> int:
+    """The bit width as one integer >= 1 (QONNX allows a float tensor holding an integer)."""
+    b = np.asarray(bits, dtype=np.float64)
+    if b.size != 1 or not float(b.ravel()[0]).is_integer() or b.ravel()[0] < 1:
+        raise QccError(f"{node.op_type} {node.name!r}: {what} must be one integer >= 1, "
+                       f"got {b.ravel()[:4].tolist()}")
+    return int(b.ravel()[0])
+
+
+def check_scale(node: Node, scale: np.ndarray) -> None:
+    if not np.all(np.asarray(scale) > 0):
+        raise QccError(f"{node.op_type} {node.name!r}: scale must be > 0, got "
+                       f"{float(np.min(scale)):g}")
+
+
+def _codes(node: Node, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, bits: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(v = x/scale + z before clipping, q = the clipped, rounded code) in float64."""
+    v = x.astype(np.float64) / scale.astype(np.float64) + zero_point.astype(np.float64)
+    lo, hi = int_bounds(bool(node.attrs.get("signed", 1)), bool(node.attrs.get("narrow", 0)),
+                        bits)
+    return v, rounding(node)(np.clip(v, lo, hi))
+
+
+def _bipolar_code(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, 1.0, -1.0)
+
+
+# -- Quant ----------------------------------------------------------------------------------
+@float_kernel("Quant")
+def quant(node: Node, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+          bits: np.ndarray) -> np.ndarray:
+    """QONNX Quant (IntQuant): clip then round x/scale + zero_point, scale back."""
+    check_scale(node, scale)
+    b = bit_width(node, bits)
+    if b == 1 and node.attrs.get("signed", 1):  # QONNX: a signed 1-bit Quant is bipolar
+        v = x.astype(np.float64) / scale + zero_point
+        return ((_bipolar_code(v) - zero_point) * scale).astype(x.dtype)
+    _, q = _codes(node, x, scale, zero_point, b)
+    return ((q - zero_point) * scale.astype(np.float64)).astype(x.dtype)
+
+
+@vjp("Quant")
+def quant_vjp(node: Node, inputs: list, outputs: list, grads: list) -> list:
+    """dx: STE inside the clipping range; dscale: eq. 8 in LSQ form (module docstring)."""
+    x, scale, zero_point, bits = inputs
+    dy = grads[0]
+    if dy is None:
+        return [None] * 4
+    b = bit_width(node, bits)
+    dy64 = dy.astype(np.float64)
+    if b == 1 and node.attrs.get("signed", 1):
+        v = x.astype(np.float64) / scale + zero_point
+        inside = np.abs(v) <= 1.0
+        d_scale = _bipolar_code(v) - zero_point
+    else:
+        v, q = _codes(node, x, scale, zero_point, b)
+        lo, hi = int_bounds(bool(node.attrs.get("signed", 1)),
+                            bool(node.attrs.get("narrow", 0)), b)
+        inside = (v >= lo) & (v <= hi)
+        d_scale = (q - zero_point) - np.where(inside, x.astype(np.float64) / scale, 0.0)
+    dx = np.where(inside, dy64, 0.0).astype(x.dtype)
+    ds = unbroadcast(dy64 * d_scale, np.shape(scale)).astype(scale.dtype)
+    return [dx, ds, None, None]
+
+
+# -- BipolarQuant ---------------------------------------------------------------------------
+@float_kernel("BipolarQuant")
+def bipolar_quant(node: Node, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    check_scale(node, scale)
+    return (_bipolar_code(x) * scale).astype(x.dtype)
+
+
+@vjp("BipolarQuant")
+def bipolar_quant_vjp(node: Node, inputs: list, outputs: list, grads: list) -> list:
+    """dx = dy (sign has no clipping range: the plain STE, as BinaryConnect's), dscale =
+    dy · sign(x): y = scale · sign(x) is linear in the scale."""
+    x, scale = inputs
+    dy = grads[0]
+    if dy is None:
+        return [None, None]
+    dx = dy.astype(x.dtype, copy=False)
+    ds = unbroadcast(dy.astype(np.float64) * _bipolar_code(x), np.shape(scale))
+    return [dx, ds.astype(scale.dtype)]
+
+
+# -- Trunc ----------------------------------------------------------------------------------
+@float_kernel("Trunc")
+def trunc(node: Node, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+          in_bits: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+    """QONNX Trunc v1 (5 inputs) or v2 (6 inputs: ..., out_scale, out_bits)."""
+    check_scale(node, scale)
+    fn = rounding(node, "FLOOR")
+    y = np.round(x.astype(np.float64) / scale + zero_point)
+    if len(rest) == 1:  # v1: the low in_bits - out_bits bits go
+        shift = 2.0 ** (bit_width(node, in_bits) - bit_width(node, rest[0], "output bit width"))
+        y = fn(y / shift)
+        # v1 keeps the input scale (QONNX's reference trunc_v1; v2 brought the output scale)
+        return ((y - zero_point) * scale).astype(x.dtype)
+    if len(rest) != 2:
+        raise QccError(f"Trunc {node.name!r}: takes 5 (v1) or 6 (v2) inputs, not "
+                       f"{4 + len(rest)}")
+    out_scale, out_bits = rest
+    check_scale(node, out_scale)
+    shift = 2.0 ** np.round(np.log2(out_scale / scale))  # QONNX: a power of two
+    lo, hi = int_bounds(bool(node.attrs.get("signed", 1)), bool(node.attrs.get("narrow", 0)),
+                        bit_width(node, out_bits, "output bit width"))
+    y = fn(np.clip(y / shift, lo, hi))
+    return ((y - zero_point / shift) * out_scale).astype(x.dtype)
+
+
+@vjp("Trunc")
+def trunc_vjp(node: Node, inputs: list, outputs: list, grads: list) -> list:
+    """Straight through: the truncation is a rounding."""
+    return [grads[0], *([None] * (len(inputs) - 1))]
+
+
+# -- APoTQuant (qcc) ------------------------------------------------------------------------
+def apot_format(node: Node) -> apot.APoTFormat:
+    try:
+        return apot.APoTFormat(int(node.attrs["bits"]), int(node.attrs.get("k", 2)),
+                               bool(node.attrs.get("signed", 1)))
+    except KeyError:
+        raise QccError(f"APoTQuant {node.name!r} needs the attribute bits") from None
+    except ValueError as e:
+        raise QccError(f"APoTQuant {node.name!r}: {e}") from None
+
+
+def _alpha(node: Node, alpha: np.ndarray) -> float:
+    if np.size(alpha) != 1:
+        raise QccError(f"APoTQuant {node.name!r}: alpha must be one number (one per tensor)")
+    check_scale(node, alpha)
+    return float(np.asarray(alpha, dtype=np.float64).ravel()[0])
+
+
+@lru_cache(maxsize=64)
+def _grid_table(fmt: apot.APoTFormat) -> np.ndarray:
+    """For every integer u in [0, max L]: the nearest integer level L, ties to the smaller."""
+    levels = np.unique(fmt.integer_levels)
+    grid = np.arange(int(levels[-1]) + 1)
+    return levels[np.searchsorted((levels[:-1] + levels[1:]) / 2, grid, side="left")]
+
+
+def project_normalized(node: Node, x: np.ndarray, alpha: float) -> np.ndarray:
+    """Π_{Q(1,b)}(clip(x/α)) in float64. With grid_rounding = 1 the projection goes through
+    the integer grid of the levels, as the integer graph computes it from an exact accumulator:
+    u = x/(α·γ·2^-E) rounded half away from zero and clipped, then its nearest level."""
+    fmt = apot_format(node)
+    if not node.attrs.get("grid_rounding", 0):
+        return apot.dequantize(apot.quantize(x, fmt, alpha), fmt)
+    top = int(fmt.integer_levels.max())
+    u = x.astype(np.float64) / (alpha * float(fmt.unit))
+    u = np.clip(np.sign(u) * np.floor(np.abs(u) + 0.5), -top if fmt.signed else 0, top)
+    return np.sign(u) * _grid_table(fmt)[np.abs(u).astype(np.int64)] / top
+
+
+@float_kernel(APOT_OP)
+def apot_quant(node: Node, x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """seeds/004 eq. 7: y = α · Π_{Q(1,b)} ⌊x/α, 1⌉."""
+    a = _alpha(node, alpha)
+    return (a * project_normalized(node, x, a)).astype(x.dtype)
+
+
+@vjp(APOT_OP)
+def apot_quant_vjp(node: Node, inputs: list, outputs: list, grads: list) -> list:
+    """dx = dy inside [-α, α] ([0, α] unsigned), else 0 (STE); dα by eq. 8."""
+    x, alpha = inputs
+    dy = grads[0]
+    if dy is None:
+        return [None, None]
+    fmt, a = apot_format(node), _alpha(node, alpha)
+    x64 = x.astype(np.float64)
+    low = -a if fmt.signed else 0.0
+    inside = (x64 >= low) & (x64 <= a)
+    # eq. 8: sign(x) outside, Π(x/α) − x/α inside
+    d_alpha = np.where(np.abs(x64) > a, np.sign(x64), project_normalized(node, x64, a) - x64 / a)
+    if not fmt.signed:
+        d_alpha = np.where(x64 < 0, 0.0, d_alpha)  # clipped to 0: y = 0 whatever α
+    dx = np.where(inside, dy, 0).astype(x.dtype)
+    return [dx, np.asarray(np.sum(dy.astype(np.float64) * d_alpha)).reshape(np.shape(alpha))
+            .astype(alpha.dtype)]
+
+
+# -- registration ---------------------------------------------------------------------------
+@shape_fn(*QUANTIZER_OPS)
+def same_as_input(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
+    """The output has x's shape and type; a bit width must be a constant (it decides codes)."""
+    for i in _bit_width_inputs(node):
+        t = inputs[i] if i < len(inputs) else None
+        if t is not None and t.const is None:
+            raise QccError(f"{node.op_type} {node.name!r}: the bit width "
+                           f"({node.inputs[i].name!r}) must be a constant")
+    for i in _scale_inputs(node):
+        t = inputs[i] if i < len(inputs) else None
+        if t is not None and t.const is not None:
+            check_scale(node, t.const)
+    x = inputs[0]
+    return [TensorType(x.shape if x is not None else None,
+                       x.dtype if x is not None else np.dtype(np.float32))]
+
+
+def _scale_inputs(node: Node) -> tuple[int, ...]:
+    if node.op_type == "Trunc" and len(node.inputs) == 6:
+        return (1, 4)
+    return (1,)
+
+
+def _bit_width_inputs(node: Node) -> tuple[int, ...]:
+    if node.op_type == "Quant":
+        return (3,)
+    if node.op_type == "Trunc":
+        return (3, 4) if len(node.inputs) == 5 else (3, 5)
+    return ()
+
+
+for _op in QONNX_OPS:
+    declare(_op, domains=QONNX_DOMAINS)
+declare(APOT_OP, domains=(QCC_DOMAIN,))
