@@ -125,7 +125,7 @@ def compile_and_measure(model: Path, calib: Path, test: Path, out: Path, args: l
         layers = precision["layers"]
         grad_bits = [layer[k] for layer in layers for k in ("B_GW", "B_GA", "B_acc")]
         row.update(B_min=precision["B_min"], p_m=certified["mismatches"] / certified["samples"],
-                   bound=certified["p_m_upper"], goal=certified["goal"],
+                   bound=certified["p_m_upper"], goal=certified["target"],
                    held_out=certified["samples"], loss_fell=precision["warm_up"]["loss_fell"],
                    grad_bits=(min(grad_bits), max(grad_bits)) if None not in grad_bits
                    else "unavailable", widths=(sorted(set(precision["compiled"]["B_W"])),
@@ -159,7 +159,7 @@ def main() -> None:
                     model, calib, test, folder / f"{name}_auto", ["--bits", "auto", *extra])))
     table = Table(title="--bits auto on trained models (agreement: top-1 vs float on test "
                         "inputs; p_m and its 95 % bound: held-out calibration half)")
-    for col in ("model", "compile", "agreement", "flash", "RAM", "B_min", "p_m (bound) / goal",
+    for col in ("model", "compile", "agreement", "flash", "RAM", "B_min", "p_m (bound) / target",
                 "B_W | B_A", "B_GW..B_acc", "warm-up loss fell", "time"):
         table.add_column(col)
     for name, label, r in rows:

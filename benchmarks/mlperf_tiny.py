@@ -124,7 +124,7 @@ def main() -> None:
                       f"{r['macs']:,}", f"{r.get('instructions', 0):,}",
                       f"{r.get('instructions_per_mac', float('nan')):.2f}",
                       *(f"{p:.2f}" for p in published))
-    Console().print(table)
+    Console(width=220).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

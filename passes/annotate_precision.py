@@ -11,11 +11,11 @@ passes/precision.py:
    upward and the smallest whose mismatch p_m = Pr(yhat_fl != yhat_fx), measured by running the
    real integer graph on the held-out half of the calibration samples, is certified by its
    one-sided 95 % Clopper-Pearson upper bound to be at most the target is kept (C_o); too few
-   samples to certify the target at all is an error when the target was asked for, else the
-   smallest certifiable bound is used and said. p_m is also measured at C_o - 1 and C_o + 1
-   (B_min - 1, B_min + 1). Widths are stored as a microcontroller stores them, and a flash /
-   RAM budget is met by the allocations of passes/allocate_widths.py; every configuration
-   tried is reported.
+   samples to certify the target at all is an error when the target was asked for; else the
+   sweep uses the measured p_m <= target and the bound of the result is what is certified.
+   p_m is also measured at C_o - 1 and C_o + 1 (B_min - 1, B_min + 1). Widths are stored as a
+   microcontroller stores them, and a flash / RAM budget is met by the allocations of
+   passes/allocate_widths.py; every configuration tried is reported.
 3. Gradient statistics (sigma_GW max/min, sigma_GA max, lambda_max: Lemma 4) from float training
    on the IR (qcc.core.float_train.warm_up), on a copy: the model's weights are not changed. Only
    a run whose loss fell counts (a diverging run is retried at smaller learning rates).
@@ -198,13 +198,15 @@ def gradient_statistics(graph: Graph, x: np.ndarray, y: np.ndarray | None,
         return warm_up(graph, x, y, config)  # divergence is detected, not printed
 
 
-def certification_goal(pm_target: float, held_out: int, strict: bool) -> tuple[float, str | None]:
-    """The p_m bound the sweep must reach on `held_out` samples, and a note when it is not the
-    target: too few samples to certify the target (even with no mismatch) is an error when
-    the target was asked for (`strict`), else the smallest bound they can certify is used."""
+def certification_goal(pm_target: float, held_out: int, strict: bool) -> tuple[int, str | None]:
+    """The most mismatches of `held_out` samples the sweep accepts, and a note when that is not
+    a certificate of the target. With enough samples: the most whose Clopper-Pearson bound is
+    <= target. Too few to certify the target even with no mismatch: an error when the target
+    was asked for (`strict`); else the sweep accepts the measured p_m <= target (seeds/001's
+    own rule) and the report certifies what the bound of the result allows instead."""
     needed = precision.samples_to_certify(pm_target)
     if held_out >= needed:
-        return pm_target, None
+        return _allowed_mismatches(pm_target, held_out), None
     best = precision.mismatch_upper_bound(0, held_out)
     message = (f"p_m <= {100 * pm_target:.3g} % cannot be certified with {held_out} held-out "
                f"samples: even with no mismatch the 95 % bound is {100 * best:.3g} %; it needs "
@@ -212,7 +214,9 @@ def certification_goal(pm_target: float, held_out: int, strict: bool) -> tuple[f
                "are held out)")
     if strict:
         raise QccError(message)
-    return best, message + f"; certified p_m <= {100 * best:.3g} % instead"
+    return int(math.floor(pm_target * held_out)), message + (
+        f"; B_min swept on the measured p_m <= {100 * pm_target:.3g} % instead, and the bound "
+        "of the result is what is certified")
 
 
 def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredictions,
@@ -235,8 +239,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
     budget = budget or MemoryBudget()
     half = len(x_calib) // 2
     x_est, x_held = x_calib[:half], x_calib[half:]
-    goal, goal_note = certification_goal(pm_target, len(x_held), strict_target)
-    allowed = _allowed_mismatches(goal, len(x_held))
+    allowed, goal_note = certification_goal(pm_target, len(x_held), strict_target)
     stats = calibrate(graph, x_est)
     gains_w, gains_a = noise_gains(graph, x_est[:GAIN_SAMPLES], layers)
     model = NoiseModel([graph.values[la.weight].numel for la in layers],
@@ -275,7 +278,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
             chosen = (b_min, cand)
             break
     if chosen is None:
-        raise QccError(f"no B_min up to {MAX_BITS} bits certifies p_m <= {100 * goal:.3g} % "
+        raise QccError(f"no B_min up to {MAX_BITS} bits certifies p_m <= {100 * pm_target:.3g} % "
                        f"(at {MAX_BITS} bits {cand.mismatches} or more of {len(x_held)} "
                        "held-out samples mismatch)")
     b_min, c_o = chosen
@@ -301,7 +304,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
                                           below and below.p_m, above.p_m)
     for entry, s_w, s_a in zip(report["layers"], model.scaled_w, model.scaled_a):
         entry.update(E_W_scaled=s_w, E_A_scaled=s_a)  # what the knapsack used
-    report.update(_guarantee(pm_target, goal, c_o, compiled, tried, budget, model, notes, trained,
+    report.update(_guarantee(pm_target, c_o, compiled, tried, budget, model, notes, trained,
                              (below, above)))
     _annotate_nodes(integer, report["layers"])
     return AutoResult(config, integer, stats, report)
@@ -458,7 +461,7 @@ def _narrow(c_o: Candidate, model: NoiseModel, options: tuple[int, ...],
                  f"(up to {NARROWING_FLASH[-1]:g}x the 8-bit flash) certifies the goal"]
 
 
-def _guarantee(pm_target: float, goal: float, c_o: Candidate, compiled: Candidate,
+def _guarantee(pm_target: float, c_o: Candidate, compiled: Candidate,
                tried: list[Candidate], budget: MemoryBudget, model: NoiseModel, notes: list[str],
                trained: TrainResult, neighbours: tuple) -> dict[str, Any]:
     """The precision.json fields of the certificate, the memory and the configurations."""
@@ -468,7 +471,7 @@ def _guarantee(pm_target: float, goal: float, c_o: Candidate, compiled: Candidat
         "confidence": precision.CONFIDENCE,
         "p_m_upper": {"C_o-1": neighbours[0] and neighbours[0].p_m_upper,
                       "C_o": c_o.p_m_upper, "C_o+1": neighbours[1].p_m_upper},
-        "certified": {"p_m_upper": bound, "goal": goal, "met": bound <= pm_target,
+        "certified": {"p_m_upper": bound, "target": pm_target, "met": bound <= pm_target,
                       "mismatches": compiled.mismatches, "samples": compiled.samples,
                       "method": "one-sided Clopper-Pearson bound on the held-out samples"},
         "compiled": {**compiled.to_dict(), "uniform_8bit": reference.to_dict()},

@@ -38,7 +38,7 @@ from qcc.core.ir import Graph, Node, Value
 from qcc.core.layers import WEIGHTED_OPS, output_channel_axis, weighted_nodes
 from qcc.core.numerics import lut
 from qcc.core.numerics.codes import CODE_PRESERVING, storage_dtype
-from qcc.core.numerics.rounding import int_range, round_half_away
+from qcc.core.numerics.rounding import int_range
 from qcc.core.numerics.softmax import SoftmaxTables, softmax_tables
 from qcc.core.quant_spec import QuantSpec
 from qcc.core.registry import QCC_DOMAIN, lookup
@@ -122,20 +122,7 @@ class _Rewriter:
             # of seeds/000 §B) helps inner activations, but on logits it flattens the largest
             # ones, which are the ones that decide the class.
             stats = replace(stats, chunk_lo=stats.lo, chunk_hi=stats.hi)
-        bits = bits or self.wanted_bits(value)
-        fmt = get_scheme(scheme).activation(stats, bits)
-        if value in self.src.inputs and fmt.levels is None and fmt.zero_point == 0 and \
-                _saturates(fmt, stats):
-            # Inputs often sit exactly at their calibrated maximum (pixels of 1.0, one-hot
-            # codes), and a power-of-two range r = max tops out one step below it
-            # (r·(1 − 2^-B) unsigned, r·(1 − 2^-(B−1)) signed): every such input would
-            # saturate. The next power-of-two range holds them (as calibrating on twice the
-            # range would), with one bit more so the step stays the same (at 16 bits, the
-            # step doubles instead); formats whose range follows the data (affine) keep theirs.
-            wider = replace(stats, lo=2 * stats.lo, hi=2 * stats.hi,
-                            chunk_lo=2 * stats.chunk_lo, chunk_hi=2 * stats.chunk_hi)
-            fmt = get_scheme(scheme).activation(wider, min(bits + 1, INPUT_MAX_BITS))
-        return fmt
+        return get_scheme(scheme).activation(stats, bits or self.wanted_bits(value))
 
     # -- emission -----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,
@@ -401,16 +388,6 @@ class _Rewriter:
     def finish_outputs(self) -> None:
         for v in self.src.outputs:
             self.out.outputs.append(self.dequantized(v))
-
-
-INPUT_MAX_BITS = 16  # a graph input widened to hold its calibrated maximum stays within this
-
-
-def _saturates(fmt: CodeFormat, stats: TensorStats) -> bool:
-    """Whether the calibrated extremes round (half away from zero) outside fmt's codes."""
-    scale = float(fmt.scales.max())
-    return any(not fmt.lo <= round_half_away(np.float64(x) / scale) + fmt.zero_point <= fmt.hi
-               for x in (stats.lo, stats.hi))
 
 
 def _level_table(fmt: CodeFormat) -> np.ndarray:

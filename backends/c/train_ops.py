@@ -113,7 +113,7 @@ class WeightedTrain:
         gw = e.array("qcc_grad", f"gw_{n}", None, size)
         xb = e.wide(layer.input)
         if samples:
-            w.comment(f"seeds/000 Algorithm 1: G_W = s/{samples} sum of {samples} "
+            w.comment(f"Banner et al. 2018, Algorithm 1: G_W = s/{samples} sum of {samples} "
                       "ternarizations of G_A times A")
             with w.block(f"for (k = 0; k < {samples}; ++k)"):
                 w.line(f"qcc_conv_weight_grad(&{geom}, batch, {xb}, {ga}, &tbp, k > 0, {gw});")

@@ -1,7 +1,7 @@
 """The apot and pot schemes (passes/schemes/apot.py) on qcc's integer graph.
 
 The level sets themselves (eq. 2, 3, 5, 6, the paper's b = 4, k = 2 and 3-bit examples, the
-authors' construction) are checked in tests/numerics/test_apot.py; here: the scheme's formats
+authors' construction) are checked in tests/core/numerics/test_apot.py; here: the scheme's formats
 are those sets, its weights are WN + RCF with the MSE-optimal α, the integer product of a QGemm
 is the shift-add product, 4-bit APoT beats 4-bit PoT, and the integer graphs of the zoo models
 agree with a float simulation of the same quantized network up to requantization rounding.

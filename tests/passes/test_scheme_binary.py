@@ -3,7 +3,7 @@
 Weights against qcc.core.numerics.binary applied channel by channel and against the closed-form α;
 integer graphs of the zoo MLP with binary / ternary weights against onnxruntime running the
 float model with the same ±α / {−α, 0, α} weights (16-bit activations, so only the weights
-differ from float). XNOR-popcount execution is tested in tests/backends/test_xnor.py.
+differ from float). XNOR-popcount execution is tested in tests/backends/numpy_int/test_xnor.py.
 """
 
 from __future__ import annotations

@@ -85,13 +85,15 @@ class Requant:
     def per_channel(self) -> bool:
         return len(set(self.multipliers)) > 1 or len(set(self.shifts)) > 1
 
-    def define(self, w: CWriter) -> None:
-        """The per-channel multiplier and shift tables (nothing when one pair serves all)."""
-        if self.per_channel:
-            w.array(f"static const int32_t {self.prefix}_mult[{len(self.multipliers)}]",
-                    self.multipliers)
-            w.array(f"static const uint8_t {self.prefix}_shift[{len(self.shifts)}]",
-                    self.shifts)
+    def define(self, w: CWriter) -> int:
+        """The per-channel multiplier and shift tables (nothing when one pair serves all);
+        returns their bytes, which count as the model's constants."""
+        if not self.per_channel:
+            return 0
+        w.array(f"static const int32_t {self.prefix}_mult[{len(self.multipliers)}]",
+                self.multipliers)
+        w.array(f"static const uint8_t {self.prefix}_shift[{len(self.shifts)}]", self.shifts)
+        return 4 * len(self.multipliers) + len(self.shifts)
 
     def params(self, channel: str) -> tuple[str, str]:
         if self.per_channel:

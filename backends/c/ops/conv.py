@@ -234,7 +234,7 @@ class QConvKernel(Kernel):
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
         s = self.setup(node, ctx)
-        s.req.define(ctx.consts)
+        ctx.constant_bytes += s.req.define(ctx.consts)
         if any(s.init):
             ctx.const_array(node, "init", s.acc_t, [int_literal(v) for v in s.init])
         init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"

@@ -56,7 +56,7 @@ class QGemmKernel(Kernel):
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
         m, k, n, rows, req, bound, acc_t = self.setup(node, ctx)
-        req.define(ctx.consts)
+        ctx.constant_bytes += req.define(ctx.consts)
         bias = node.input(2)
         if bias is not None:
             ctx.const_array(node, "b", "int32_t", bias.const.astype(np.int64).ravel().tolist())

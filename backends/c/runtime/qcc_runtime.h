@@ -138,7 +138,7 @@ typedef struct {
     uint32_t counter;
 } qcc_rng;
 
-/* A gradient read through stochastic ternarization (binary.stochastic_ternarize, seeds/000
+/* A gradient read through stochastic ternarization (Banner et al. 2018, ternarized back-propagation,
  * Algorithm 1): element i reads as sign(dy[i]) or 0 by the next draw of *rng against
  * scale = max |dy|. The kernels below read dy once per element in row-major order, which is
  * the order the specification draws in; NULL reads dy itself. */

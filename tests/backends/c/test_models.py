@@ -25,7 +25,7 @@ from qcc.core.ir import Graph
 from qcc.driver.c_check import EXTREMES, interpreter_outputs, sample_inputs
 from qcc.driver.pipeline import compile_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS = ROOT / "examples" / "digits"
 MODELS = ["convnet_cifar", "resnet8", "mlp_digits", "digits"]
 SAMPLES = 100
@@ -104,7 +104,7 @@ def test_budgets(built: Built) -> None:
     assert s["arena_bytes"] <= 1.1 * s["arena_lower_bound"]
     assert s["arena_lower_bound"] > 0 and s["macs"] > 0
     if s["flash_bytes"] is None:
-        pytest.skip("arm-none-eabi-gcc is not installed (tests/backends/test_c_mcu.py fails "
+        pytest.skip("arm-none-eabi-gcc is not installed (tests/backends/c/test_mcu.py fails "
                     "on CI without it)")
     assert s["flash_bytes"] <= s["packed_weight_bytes"] + FLASH_BUDGET
     assert s["flash_bytes"] >= s["packed_weight_bytes"]  # the weights are really in flash

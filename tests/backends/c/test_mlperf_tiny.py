@@ -19,7 +19,7 @@ from backends.c.library import FLASH_BUDGET, emit_library
 from qcc.driver.c_check import EXTREMES, interpreter_outputs, sample_inputs
 from qcc.driver.pipeline import compile_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MLPERF = ROOT / "examples" / "mlperf_tiny"
 MODELS = ["resnet8_ic", "dscnn_kws", "mobilenet_vww", "autoencoder_ad", "resnet8_ic_nhwc",
           "dscnn_kws_nhwc", "mobilenet_vww_nhwc"]

@@ -25,13 +25,13 @@ from qcc.driver.c_check import interpreter_outputs, sample_inputs
 from qcc.driver.cli import main
 from qcc.driver.pipeline import compile_model, load_outdir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def kitchen_sink() -> onnx.ModelProto:
-    """The many-kernel model of test_c_schemes.py (loaded by path: tests/ is no package)."""
+    """The many-kernel model of test_schemes.py (loaded by path: tests/ is no package)."""
     spec = importlib.util.spec_from_file_location(
-        "c_schemes_models", Path(__file__).with_name("test_c_schemes.py"))
+        "c_schemes_models", Path(__file__).with_name("test_schemes.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.kitchen_sink()

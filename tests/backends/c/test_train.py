@@ -28,7 +28,7 @@ from qcc.driver.cli import main
 from qcc.driver.pipeline import load_outdir
 from qcc.driver.train_outdir import load_training
 
-DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[3] / "examples" / "digits"
 BATCH = 16
 STEPS = 100
 

@@ -27,7 +27,7 @@ from qcc.core.ir import Graph
 from qcc.core.layers import weighted_layers
 from qcc.core.onnx_import import import_model
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 
 def as_double(model: onnx.ModelProto) -> onnx.ModelProto:

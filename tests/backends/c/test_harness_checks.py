@@ -17,7 +17,7 @@ from qcc.driver.c_check import interpreter_outputs
 from qcc.driver.cli import main
 from qcc.driver.pipeline import EXPECTED_CODES, load_outdir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS = ROOT / "examples" / "digits"
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None or

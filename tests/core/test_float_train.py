@@ -28,7 +28,7 @@ from qcc.core.ir import Graph, Node, Value
 from qcc.core.onnx_import import import_model
 from qcc.core.ops.grads import conv_vjp, gemm_vjp, matmul_vjp
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 
 def tiny_cnn(seed: int = 0) -> onnx.ModelProto:

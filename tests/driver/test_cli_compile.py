@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from tests.conftest import run_qcc
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 
 def assert_failed_cleanly(result, outdir: Path, *fragments: str) -> None:

@@ -24,7 +24,7 @@ from qcc import zoo
 from qcc.driver.c_check import interpreter_outputs, sample_inputs
 from qcc.driver.pipeline import compile_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS = ROOT / "examples" / "digits"
 
 

@@ -27,7 +27,7 @@ from qcc.driver.pipeline import load_outdir
 from qcc.driver.train_outdir import load_training
 from tests.conftest import run_qcc
 
-MLPERF = Path(__file__).resolve().parents[2] / "examples" / "mlperf_tiny"
+MLPERF = Path(__file__).resolve().parents[3] / "examples" / "mlperf_tiny"
 STEPS = 20
 BATCH = 4
 CLASSES = 4

@@ -6,7 +6,7 @@ the `qcc compile --train` / `qcc train` commands.
 - seeds/003 Table 1: with 1-bit weights, BinaryConnect ends below stochastic rounding, and
   stochastic rounding below deterministic rounding.
 
-Full numbers (C_{+1} too):  python -m tests.test_fixed_point_training
+Full numbers (C_{+1} too):  python -m tests.driver.test_train_experiment
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from qcc.driver.train_experiment import (
 )
 from tests.conftest import run_qcc
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 MAX_LR_EXP = -2  # plain SGD at 2^-1 diverges on digits, in float as in fixed point
 BINARY_ACT_BITS = 8  # seeds/003 binarizes weights only; its activations stay wide
 

@@ -226,7 +226,12 @@ def test_redundant_relu_is_dropped_and_conv_fused() -> None:
 def test_unsupported_contrib_op_is_refused() -> None:
     node = helper.make_node("QLinearSigmoid", ["x", "s", "z", "s", "z"], ["y"],
                             domain="com.microsoft")
-    graph = helper.make_graph([node], "g", [], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 4])],
+        initializer=[numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                     numpy_helper.from_array(np.array(128, np.uint8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     with pytest.raises(QccError, match="com.microsoft.QLinearSigmoid"):
         import_model(model)

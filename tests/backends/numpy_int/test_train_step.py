@@ -41,7 +41,7 @@ from qcc.core.numerics.rounding import RngState
 from qcc.core.numerics.softmax_ce import EXP2_LUT, ce_gradient_q24, softmax_q24
 from qcc.core.onnx_import import import_model
 
-DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[3] / "examples" / "digits"
 
 
 def wide_rows(integer, names, ga=-19, gw=-24, acc=-29) -> dict:
@@ -410,7 +410,7 @@ def test_state_round_trips_through_arrays(digits) -> None:
 
 
 # -- the shipped C runtime gives the same bits ---------------------------------------------------
-RUNTIME = Path(__file__).resolve().parents[2] / "backends" / "c" / "runtime"
+RUNTIME = Path(__file__).resolve().parents[3] / "backends" / "c" / "runtime"
 C_DRIVER = r"""
 #include <stdint.h>
 #include <stdio.h>

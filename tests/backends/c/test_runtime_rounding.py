@@ -15,7 +15,7 @@ import numpy as np
 from qcc.core.numerics import binary
 from qcc.core.numerics import rounding as R
 
-RUNTIME = Path(__file__).resolve().parents[2] / "backends" / "c" / "runtime"
+RUNTIME = Path(__file__).resolve().parents[3] / "backends" / "c" / "runtime"
 C_SOURCE = r"""
 #include <stdint.h>
 #include <stdio.h>

@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_qcc
-from tests.test_cli_compile import assert_failed_cleanly
+from tests.driver.test_cli_compile import assert_failed_cleanly
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 AUTO = ("--bits", "auto", "--calib", DIGITS / "calib.npz", "--train-data", DIGITS / "train.npz")
 
 
