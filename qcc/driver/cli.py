@@ -310,15 +310,25 @@ def _train_options(kw: dict[str, Any]) -> Any:
                         trainable=parse_trainable(kw["trainable"]), batch=kw["train_batch"])
 
 
+def _minibatch_options(fn: Any) -> Any:
+    """OUTDIR and the minibatches of `qcc train`, shared with `qcc train-data` (same draws)."""
+    options = [
+        click.argument("outdir", type=click.Path(path_type=Path)),
+        click.option("--data", type=click.Path(path_type=Path), required=True,
+                     help="Labelled training data (.npz with keys x and y)."),
+        click.option("--steps", type=int, required=True, help="Training steps (minibatches)."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Samples per step (at most the compiled --train-batch, its default)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the minibatch order."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
-@click.argument("outdir", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Labelled training data (.npz with keys x and y).")
-@click.option("--steps", type=int, required=True, help="Training steps (minibatches).")
-@click.option("--batch-size", type=int, default=None,
-              help="Samples per step (at most the compiled --train-batch, its default).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the minibatch order.")
+@_minibatch_options
 @click.option("--lr", "train_lr", default=None, metavar="2^-K",
               help="Learning rate (a power of two). Default: the compiled one.")
 def train(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: int,
@@ -344,14 +354,7 @@ def train(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: in
 
 
 @main.command(name="train-data")
-@click.argument("outdir", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Labelled training data (.npz with keys x and y).")
-@click.option("--steps", type=int, required=True, help="Training steps (minibatches).")
-@click.option("--batch-size", type=int, default=None,
-              help="Samples per step (at most the compiled --train-batch, its default).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the minibatch order (as `qcc train`).")
+@_minibatch_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="The data file. Default: OUTDIR/train_data.i32 (what `make train` reads).")
 def train_data(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: int,

@@ -251,6 +251,7 @@ def test_shipped_digits_model_is_accurate() -> None:
         assert 0 <= d["x"].min() and d["x"].max() <= 1
 
 
+@pytest.mark.slow
 def test_make_digits_is_reproducible(tmp_path: Path) -> None:
     """Two runs of the script give the same bytes; the data splits are the shipped ones."""
     for out in ("a", "b"):

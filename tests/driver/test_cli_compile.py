@@ -89,6 +89,7 @@ def _npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path: Path) -> None:
     model = DIGITS / "digits.onnx"
     x = np.load(DIGITS / "calib.npz")["x"]

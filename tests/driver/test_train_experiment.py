@@ -97,6 +97,7 @@ def setup() -> Setup:
     return Setup(epochs=30)
 
 
+@pytest.mark.slow
 def test_fx_training_at_c_o_tracks_float_and_c_minus_1_does_not(setup: Setup) -> None:
     """seeds/001 §4.1-4.2 on digits: the float run from build_model()'s He init ends at
     1.25 % test error; FX at C_o from the same init and schedule within one point of it; C_{-1}
@@ -107,6 +108,7 @@ def test_fx_training_at_c_o_tracks_float_and_c_minus_1_does_not(setup: Setup) ->
     assert at_c_minus_1 - setup.float_error > at_c_o - setup.float_error + 0.01
 
 
+@pytest.mark.slow
 def test_binary_weights_bc_beats_sr_beats_r(setup: Setup) -> None:
     """seeds/003 Table 1's ordering with 1-bit weights: BC < SR < R in test error."""
     errors = {rule: setup.binary(rule) for rule in ("bc", "sr", "r")}
@@ -156,6 +158,7 @@ def test_train_updates_outdir_and_it_evaluates_and_recompiles(trainable_outdir: 
     assert "trained steps 41..42" in second.stdout, second.stderr
 
 
+@pytest.mark.slow
 def test_train_refuses_bad_input_and_leaves_outdir_unchanged(trainable_outdir: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / "dt"
@@ -183,6 +186,7 @@ def test_train_refuses_bad_input_and_leaves_outdir_unchanged(trainable_outdir: P
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dt")]
 
 
+@pytest.mark.slow
 def test_compile_train_options_and_refusals(tmp_path: Path) -> None:
     """--bits N --train (gradient formats from a float warm-up), --trainable, --update sr with
     --grad-ternary; no trainable layer, unknown layers and untrained folders are refused."""

@@ -117,5 +117,6 @@ def test_kitchen_sink_on_qemu(tmp_path: Path, scheme: str, bits: int, xnor: bool
     run_on_qemu(tmp_path, "kitchen_sink", kitchen_sink(), scheme, bits, count=10, xnor=xnor)
 
 
+@pytest.mark.slow
 def test_convnet_on_qemu(tmp_path: Path) -> None:
     run_on_qemu(tmp_path, "convnet_cifar", zoo.convnet_cifar(), "fixed", 8, count=1)

@@ -92,6 +92,7 @@ def test_host_build_is_bit_exact(built: Built) -> None:
     assert len(np.unique(built.codes[:EXTREMES], axis=0)) > 1
 
 
+@pytest.mark.slow
 def test_sanitized_build_is_bit_exact(built: Built) -> None:
     count = SAMPLES  # the ConvNet's 100 take about 20 s under the sanitizers
     exe = build_host(built.outdir, built.name, built.outdir / "host_sanitized", opt="-O1",

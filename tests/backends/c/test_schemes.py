@@ -108,6 +108,7 @@ def model_files(name: str, tmp: Path) -> tuple[Path, Path]:
     return tmp / f"{name}.onnx", tmp / "calib.npz"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_scheme_is_bit_exact(case: tuple, tmp_path: Path) -> None:
     name, scheme, bits, xnor, expected_text = case

@@ -207,6 +207,7 @@ def test_refusals_return_error_codes_and_change_nothing(tmp_path: Path, gcc: str
 QEMU_STEPS = 50
 
 
+@pytest.mark.slow
 def test_qemu_matches_host_and_loss_falls(tmp_path: Path, gcc: str) -> None:
     """50 sr steps on the emulated Cortex-M4 (-Os, hard float ABI) from a scrambled last
     layer: the same logits and state as the host build, and the mean loss of the last 10
