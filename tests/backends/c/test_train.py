@@ -117,10 +117,11 @@ def assert_same_state(program, integer, state, flat: np.ndarray, steps: int) -> 
     for layer in program.trained:
         assert np.array_equal(c[f"weight.{layer.name}"],
                               integer.values[layer.weight].const.ravel()), layer.name
-        assert np.array_equal(c[f"bias.{layer.name}"],
-                              integer.values[layer.bias].const.ravel()), layer.name
-        assert np.array_equal(c[f"bias_master.{layer.name}"],
-                              state.bias_master[layer.name].ravel()), layer.name
+        if layer.bias is not None:
+            assert np.array_equal(c[f"bias.{layer.name}"],
+                                  integer.values[layer.bias].const.ravel()), layer.name
+            assert np.array_equal(c[f"bias_master.{layer.name}"],
+                                  state.bias_master[layer.name].ravel()), layer.name
         if layer.update in ("fx", "bc"):
             assert np.array_equal(c[f"acc.{layer.name}"], state.acc[layer.name].ravel())
     seed, counter, step = (int(v) & 0xFFFFFFFF for v in c["rng"])

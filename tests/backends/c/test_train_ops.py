@@ -19,12 +19,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from backends.c.train_emit import unpack_export
 from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import train_step
 from backends.numpy_int.training.loop import batch_order
 from qcc.driver.pipeline import load_outdir
 from qcc.driver.train_outdir import load_training
+from tests.backends.c.test_train import assert_same_state
 from tests.conftest import run_qcc
 
 MLPERF = Path(__file__).resolve().parents[3] / "examples" / "mlperf_tiny"
@@ -171,20 +171,8 @@ def assert_numpy_matches(out: Path, data: Path, lines: list[str], steps: int) ->
                              keep_all=True)
         assert np.array_equal(env[program.logits].ravel(), logits[k]), f"step {k}"
         train_step(program, integer, state, x[idx], y[idx])
-    c = unpack_export(program, flat)
-    for layer in program.trained:
-        assert np.array_equal(c[f"weight.{layer.name}"],
-                              integer.values[layer.weight].const.ravel()), layer.name
-        if layer.bias is not None:
-            assert np.array_equal(c[f"bias.{layer.name}"],
-                                  integer.values[layer.bias].const.ravel()), layer.name
-            assert np.array_equal(c[f"bias_master.{layer.name}"],
-                                  state.bias_master[layer.name].ravel()), layer.name
-        if layer.update in ("fx", "bc"):
-            assert np.array_equal(c[f"acc.{layer.name}"], state.acc[layer.name].ravel())
-    seed, counter, step = (int(v) & 0xFFFFFFFF for v in c["rng"])
-    assert (seed, counter, step) == (state.rng.seed, state.rng.counter, steps)
-    assert counter > 0  # stochastic roundings happened (and matched)
+    assert_same_state(program, integer, state, flat, steps)
+    assert state.rng.counter > 0  # stochastic roundings happened (and matched)
 
 
 def random_data(path: Path, shape: tuple[int, ...], classes: int, count: int = 40) -> Path:
