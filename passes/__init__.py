@@ -9,31 +9,17 @@ saying what it did. `run_passes(graph, names)` applies them in order; the CLI li
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from passes import fold_batchnorm, fuse_qdq  # noqa: F401  (each registers its passes)
+from passes.registry import PASSES, Pass, graph_pass
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph
 
-Pass = Callable[[Graph], Graph]
-PASSES: dict[str, Pass] = {}
-
-
-def graph_pass(name: str) -> Callable[[Pass], Pass]:
-    def register(fn: Pass) -> Pass:
-        PASSES[name] = fn
-        return fn
-
-    return register
+__all__ = ["PASSES", "Pass", "graph_pass", "run_passes"]
 
 
 def run_passes(graph: Graph, names: list[str]) -> Graph:
-    _load_passes()
     for name in names:
         if name not in PASSES:
             raise QccError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
         graph = PASSES[name](graph)
     return graph
-
-
-def _load_passes() -> None:
-    from passes import fold_batchnorm, fuse_qdq  # noqa: F401

@@ -66,8 +66,9 @@ class Widths:
     activations: list[int]
     other: int
 
-    def config(self, layers: list[str], scheme: str) -> QuantConfig:
-        cfg = QuantConfig(scheme=scheme, default_bits=self.other, output_bits=16)
+    def config(self, layers: list[str], scheme: str, for_training: bool = False) -> QuantConfig:
+        cfg = QuantConfig(scheme=scheme, default_bits=self.other, output_bits=16,
+                          for_training=for_training)
         for name, bw, ba in zip(layers, self.weights, self.activations):
             cfg.layers[name] = LayerConfig(int(bw), int(ba), scheme)
         return cfg

@@ -225,9 +225,11 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
                        lr_min: float | None = None, scheme: str = "fixed",
                        train_epochs: int = 3, train_lr: float = 0.01, *,
                        strict_target: bool = False, budget: MemoryBudget | None = None,
-                       memory: MemoryUse | None = None) -> AutoResult:
+                       memory: MemoryUse | None = None, for_training: bool = False
+                       ) -> AutoResult:
     """The whole `--bits auto` methodology (module docstring); returns the compiled
-    configuration (C_o, or the budget's choice) and its report."""
+    configuration (C_o, or the budget's choice) and its report. `for_training`: the graph will
+    run the training step (QuantConfig.for_training)."""
     if not 0 < pm_target < 1:
         raise QccError(f"the p_m target must be between 0 and 1, got {pm_target}")
     if len(x_calib) < 4:
@@ -250,7 +252,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
     names = [la.node for la in layers]
 
     def plan(widths: Widths) -> tuple[Graph, int, int | None]:
-        integer = quantize_graph(graph, stats, widths.config(names, scheme))
+        integer = quantize_graph(graph, stats, widths.config(names, scheme, for_training))
         flash, ram = memory(integer) if memory is not None else (
             model.weight_bits(widths.weights) // 8, None)
         return integer, flash, ram
@@ -295,7 +297,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
                                   train_epochs, train_lr)
     user_lr_min = lr_min is not None  # --lr-min, or --train's --lr: one rate for every layer
     lr_min = lr_min if user_lr_min else trained.lr_min
-    config = compiled.widths.config(names, scheme)
+    config = compiled.widths.config(names, scheme, for_training)
     integer = compiled.integer
     report = _report(graph, integer, layers, config, gains_w, gains_a, offsets_w, offsets_a,
                      b_min, pm_target, (below and below.p_m, c_o.p_m, above.p_m),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes import graph_pass
+from passes.registry import graph_pass
 from qcc.core.ir import Graph, Node
 
 

@@ -21,8 +21,14 @@ reading it takes the quantizer's width as B_A. What differs from the float QONNX
 the rounding of activations only: the integer requantization rounds half away from zero
 (QONNX's ROUND: half to even), APoT activations without grid_rounding snap to the integer grid
 then to the nearest level, a narrow signed activation range gains its lowest code, and a float
-bias (one no int32 Quant puts on the accumulator grid) is rounded to that grid. Trunc runs in
-float only: compiling it is refused (its double rounding needs a second requantization stage).
+bias (one no int32 Quant puts on the accumulator grid) is rounded to that grid.
+
+Trunc. A Trunc of activations fixes two grids: its input's (scale, in_bits; signed when the
+calibrated input goes below zero, zero point 0) and its output's (v1: the input scale at out_bits
+bits; v2: out_scale at out_bits, signed and narrow as given). It stays in the graph, and
+quantize_graph lowers it to qcc.QTrunc: the input codes (requantized onto the input grid, which
+is the first rounding of QONNX's round(x / scale)) shifted right with the rounding mode and
+clamped (qcc.core.ops.qonnx), so the second rounding is exact.
 
 The reference graph (for `qcc eval`'s p_m) is the fake-quantized float model with the weight
 quantizers folded into constants of exactly the dequantized codes.
@@ -45,7 +51,14 @@ from qcc.core.ir import Graph, Node, Value
 from qcc.core.layers import WEIGHTED_OPS, output_channel_axis
 from qcc.core.numerics import apot
 from qcc.core.numerics.codes import CODE_PRESERVING
-from qcc.core.ops.qonnx import QUANTIZER_OPS, apot_format, bit_width, int_bounds, rounding
+from qcc.core.ops.qonnx import (
+    QUANTIZER_OPS,
+    apot_format,
+    bit_width,
+    int_bounds,
+    rounding,
+    trunc_params,
+)
 from qcc.core.quant_spec import QuantSpec
 
 DEFAULT_BITS = 8  # tensors no quantizer fixes (a residual sum, say)
@@ -88,16 +101,26 @@ def fold_quantizers(graph: Graph, x_calib: np.ndarray) -> Folded:
     reference.remove_unused()
     plain = copy.deepcopy(reference)
     formats: dict[str, ActivationFormat] = {}
+    truncs = []
     for node in [n for n in plain.nodes if n.op_type in QUANTIZER_OPS]:
         x = node.inputs[0]
         if x.is_const:
             raise QccError(f"{node.op_type} {node.name!r} quantizes a constant that no weighted "
                            "layer reads as its weight; qcc folds weight quantizers only")
+        if node.op_type == "Trunc":  # stays: quantize_graph lowers it to QTrunc
+            truncs.append((node, trunc_params(node)))
+            continue
         formats[x.name] = _activation_format(node)
         plain.replace_all_uses(node.outputs[0], x)
         plain.remove_node(node)
     plain.remove_unused()
     stats = calibrate(plain, x_calib)
+    for node, params in truncs:
+        signed = stats[node.inputs[0].name].lo < 0 if node.inputs[0].name in stats else True
+        formats.setdefault(node.inputs[0].name,
+                           _grid_format(params.scale, params.in_bits, signed))
+        formats[node.outputs[0].name] = _grid_format(
+            params.out_scale, params.out_bits, signed if params.signed is None else params.signed)
     family = _family(formats)
     fixed_stats: dict[str, TensorStats] = {}
     for name, fmt in formats.items():
@@ -268,17 +291,16 @@ def _activation_format(q: Node) -> ActivationFormat:
                        "with --scheme binary --binary-activations, not from QONNX")
     scale = _scalar(q, q.inputs[1].const, "scale")
     zero = _scalar(q, q.inputs[2].const, "zero point")
-    if q.op_type == "Trunc":
-        # Trunc rounds codes that were rounded already (round(round(x/s)/2^t), FLOOR by
-        # default): one requantization of the accumulator cannot reproduce that double
-        # rounding, and a second stage is not built here yet
-        raise QccError(f"Trunc {q.name!r}: compiling QONNX Trunc is not supported (it runs in "
-                       "float with qcc run, as qonnx runs it)")
     bits = bit_width(q, q.inputs[3].const)
     if not float(zero).is_integer():
         raise QccError(f"{q.op_type} {q.name!r}: the zero point must be an integer")
-    signed = bool(q.attrs.get("signed", 1))
-    lo_int, hi_int = int_bounds(signed, False, bits)  # narrow: one code more (module doc)
+    return _grid_format(scale, bits, bool(q.attrs.get("signed", 1)), zero)
+
+
+def _grid_format(scale: float, bits: int, signed: bool, zero: float = 0.0) -> ActivationFormat:
+    """The activation format of the codes [min_int, max_int] of (signed, bits) at `scale` and
+    `zero` (narrow ranges gain their lowest code: module doc)."""
+    lo_int, hi_int = int_bounds(signed, False, bits)
     lo, hi = (lo_int - zero) * scale, (hi_int - zero) * scale
     fixed = None
     if zero == 0 and _is_power_of_two(scale):

@@ -10,6 +10,13 @@ into ops whose integer kernels (backends/numpy_int/qlinear.py) reproduce ORT's a
 - DQ(a), DQ(b), DQ(int32 c) -> Gemm (beta 1) -> Q         => qcc.QLinearGemm (ORT's QGemm)
 - DQ(a), DQ(b) -> Add -> Q                               => qcc.QLinearAdd
 - DQ(x) -> GlobalAveragePool -> Q                        => qcc.QLinearGlobalAveragePool
+- DQ(x) -> AveragePool over the whole map, no padding -> Q => qcc.QLinearGlobalAveragePool
+  (ORT fuses it into QLinearAveragePool, whose kernel falls back to the global pool exactly
+  then: qlinear_pool.cc `fallback_to_global`; other windows stay float here)
+- DQ(x) -> Softmax -> Q                                  => qcc.QLinearSoftmax (ORT's
+  com.microsoft QLinearSoftmax: a table of exponentials, float32 sum and division; equal to
+  onnxruntime 1.32 except at some exact rounding ties, where it differs by one code:
+  tests/backends/c/test_ort_quantized_c.py)
 - a Relu / Clip between the op and its Q that the Q's saturation makes redundant is dropped;
 - DQ(x) -> ops that only move codes (MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze,
   Slice, Gather, GlobalMaxPool, Identity, Relu) -> Q     => the same ops on the codes, followed
@@ -37,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from passes import graph_pass
+from passes.registry import graph_pass
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph, Node, Value
 from qcc.core.registry import QCC_DOMAIN
@@ -140,7 +147,8 @@ class _Fuser:
 
     def run(self) -> Counter[str]:
         targets = {"Conv": self.conv, "MatMul": self.matmul, "Gemm": self.gemm,
-                   "Add": self.add, "GlobalAveragePool": self.global_average_pool}
+                   "Add": self.add, "GlobalAveragePool": self.global_average_pool,
+                   "AveragePool": self.whole_map_average_pool, "Softmax": self.softmax}
         for q in [n for n in self.g.nodes if n.op_type == "QuantizeLinear"]:
             out_params = _params(q)
             if out_params is None or not out_params.per_tensor or (
@@ -251,6 +259,26 @@ class _Fuser:
             return None
         inputs = [*self._triple(*x), *self._pair(out)]
         return self._emit("QLinearGlobalAveragePool", inputs, {}, q, QCC_DOMAIN)
+
+    def softmax(self, node: Node, out: QParams, q: Node) -> Value | None:
+        x = self._activation(node.inputs[0])
+        if x is None or x[1].dtype != out.dtype:
+            return None
+        inputs = [*self._triple(*x), *self._pair(out)]
+        opset = int(node.opset)
+        attrs = {"axis": int(node.attrs.get("axis", -1 if opset >= 13 else 1)), "opset": opset}
+        return self._emit("QLinearSoftmax", inputs, attrs, q, QCC_DOMAIN)
+
+    def whole_map_average_pool(self, node: Node, out: QParams, q: Node) -> Value | None:
+        """An AveragePool whose window is the whole (unpadded) map is the global pool."""
+        shape = node.inputs[0].shape
+        kernel = [int(k) for k in node.attrs.get("kernel_shape", ())]
+        if shape is None or len(shape) != len(kernel) + 2 or list(shape[2:]) != kernel or any(
+                int(p) for p in node.attrs.get("pads", ())) or any(
+                int(d) != 1 for d in node.attrs.get("dilations", ())) or node.attrs.get(
+                "auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
+            return None
+        return self.global_average_pool(node, out, q)
 
     def code_chain(self, q: Node, out: QParams) -> Value | None:
         """DQ -> code-moving ops -> Q: the ops on the codes, then one exact requantization."""

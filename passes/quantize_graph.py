@@ -13,6 +13,8 @@ every float tensor (passes/calibrate.py). The result runs on backends/numpy_int 
 - a tensor whose format differs from what its reader needs passes through `Requantize`;
 - Softmax of codes becomes `QSoftmax` (exp tables, one integer division; probabilities as uint8
   with scale 1/256, or int16 with scale 1/32768 where the tensor gets 16 bits);
+- LogSoftmax of codes becomes `QLogSoftmax` (the same exp tables, an integer log2; log
+  probabilities in [-r, 0], r a power of two from the input's range, 8 or 16 bits);
 - Sigmoid, Tanh, HardSigmoid and HardSwish of codes become a lookup of a constant table (Gather):
   the correctly rounded output code for every input code (inputs of more than TABLE_BITS bits
   are requantized to TABLE_BITS first, so a table has at most 2^TABLE_BITS entries);
@@ -36,10 +38,13 @@ from passes.schemes import CodeFormat, get_scheme
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph, Node, Value
 from qcc.core.layers import WEIGHTED_OPS, output_channel_axis, weighted_nodes
-from qcc.core.numerics import lut
+from qcc.core.numerics import log_softmax, lut
 from qcc.core.numerics.codes import CODE_PRESERVING, storage_dtype
 from qcc.core.numerics.rounding import int_range
 from qcc.core.numerics.softmax import SoftmaxTables, softmax_tables
+from qcc.core.ops import nn
+from qcc.core.ops.integer import POOL_ATTRS
+from qcc.core.ops.qonnx import trunc_params
 from qcc.core.quant_spec import QuantSpec
 from qcc.core.registry import QCC_DOMAIN, lookup
 from qcc.core.requant import multiplier_shift
@@ -71,6 +76,9 @@ class QuantConfig:
     default_bits: int = 8
     output_bits: int = 16
     layers: dict[str, LayerConfig] = field(default_factory=dict)
+    # the graph will run the training step: schemes whose training needs one weight scale per
+    # tensor (Scheme.trains_per_channel) give it one
+    for_training: bool = False
 
     def layer(self, name: str) -> LayerConfig:
         return self.layers.get(name, LayerConfig(self.default_bits, self.default_bits,
@@ -122,7 +130,29 @@ class _Rewriter:
             # of seeds/000 §B) helps inner activations, but on logits it flattens the largest
             # ones, which are the ones that decide the class.
             stats = replace(stats, chunk_lo=stats.lo, chunk_hi=stats.hi)
-        return get_scheme(scheme).activation(stats, bits or self.wanted_bits(value))
+        bits = bits or self.wanted_bits(value)
+        fmt = get_scheme(scheme).activation(stats, bits)
+        if value in self.src.inputs:
+            return self.cover_input(fmt, stats, scheme, bits)
+        return fmt
+
+    def cover_input(self, fmt: CodeFormat, stats: TensorStats, scheme: str, bits: int
+                    ) -> CodeFormat:
+        """A graph input's format: `fmt` (the scheme's at B_A bits), unless a power-of-two
+        range stops one code short of the calibration inputs' own extremes (pixels at exactly
+        1.0 against r = 1, whose top code is r - Δ): then one bit more at the same step, which
+        doubles the range and covers them. The step B_A chose (its quantization noise, eq. 1
+        of Sakr & Shanbhag) stays; only the code that could not hold the data is added.
+        Schemes that clip on purpose (affine's chunk-averaged range, Banner et al. §B) keep
+        their format: their wider format would change the step."""
+        if _covers(fmt, stats.lo, stats.hi) or fmt.levels is not None:
+            return fmt
+        doubled = replace(stats, lo=2 * stats.lo, hi=2 * stats.hi, chunk_lo=2 * stats.chunk_lo,
+                          chunk_hi=2 * stats.chunk_hi)
+        wider = get_scheme(scheme).activation(doubled, bits + 1)
+        if _covers(wider, stats.lo, stats.hi) and np.array_equal(wider.scales, fmt.scales):
+            return wider
+        return fmt
 
     # -- emission -----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,
@@ -194,12 +224,19 @@ class _Rewriter:
                 self.weighted(node)
             elif node.op_type in ("Add", "Sum") and all(not v.is_const for v in node.inputs):
                 self.add(node)
+            elif node.op_type in ("AveragePool", "GlobalAveragePool") and \
+                    self.requantizing_pool(node) is not None:
+                self.average_pool(node, self.requantizing_pool(node))
             elif node.op_type in SAME_FORMAT and node.inputs[0].name in self.codes:
                 self.same_format(node)
             elif node.op_type == "Softmax" and node.inputs[0].name in self.codes:
                 self.softmax(node)
+            elif node.op_type == "LogSoftmax" and node.inputs[0].name in self.codes:
+                self.log_softmax(node)
             elif node.op_type in TABLE_OPS and node.inputs[0].name in self.codes:
                 self.table_op(node)
+            elif node.op_type == "Trunc" and node.inputs[0].name in self.codes:
+                self.trunc(node)
             else:
                 self.float_op(node)
         self.finish_outputs()
@@ -218,16 +255,24 @@ class _Rewriter:
             w = w * node.attrs.get("alpha", 1.0)
             if node.attrs.get("transA", 0):
                 raise QccError(f"Gemm {node.name!r} with transA is not supported in integer form")
-        w_codes, w_fmt = cfg.weights or scheme.weight(w, cfg.weight_bits, axis)
-        if cfg.binary_activations and w_fmt.levels != (-1, 1):
-            raise QccError(f"layer {node.name!r}: binary activations need binary weights")
         # sign activations are ±1 (magnitude 1) whatever the format of the codes they come from
         x_scale = 1.0 if cfg.binary_activations else x_fmt.scales[0]
         bias = node.input(2)
-        b = None
+        b = min_scale = None
         if bias is not None:
             b = np.broadcast_to(bias.const.astype(np.float64), (w.shape[axis],))
             b = b * (node.attrs.get("beta", 1.0) if node.op_type == "Gemm" else 1.0)
+            min_scale = np.abs(b) / (x_scale * BIAS_HEADROOM)
+        if cfg.weights is not None:
+            w_codes, w_fmt = cfg.weights
+        elif self.config.for_training and not scheme.trains_per_channel:
+            w_codes, w_fmt = scheme.weight_per_tensor(
+                w, cfg.weight_bits, None if min_scale is None else float(min_scale.max()))
+        else:
+            w_codes, w_fmt = scheme.weight(w, cfg.weight_bits, axis, min_scale)
+        if cfg.binary_activations and w_fmt.levels != (-1, 1):
+            raise QccError(f"layer {node.name!r}: binary activations need binary weights")
+        if b is not None:
             w_fmt = _bias_representable(w_fmt, b, x_scale)
         acc_scale = x_scale * np.broadcast_to(w_fmt.scales, (w.shape[axis],))
         value, out_fmt, relu = self.output_format(node, cfg.scheme)
@@ -263,6 +308,44 @@ class _Rewriter:
             "QAdd", list(codes), value.name, out_fmt,
             {"multipliers": multipliers, "zero_points": [f.zero_point for f in fmts],
              "shift": shift, "relu": int(relu), **_out_attrs(out_fmt)}, node.name), out_fmt)
+
+    def requantizing_pool(self, node: Node) -> dict | None:
+        """The QAveragePool attributes of an average pool whose windows all count the same
+        n taps (kernel_shape etc. and n), else None (the pool then keeps its input's format).
+        Not for training graphs, whose backward passes pools on the input's format."""
+        x = node.inputs[0]
+        if self.config.for_training or x.name not in self.codes or x.shape is None:
+            return None
+        _, fmt = self.codes[x.name]
+        if fmt.scales.size != 1 or fmt.levels is not None or len(x.shape) < 3:
+            return None
+        if node.op_type == "GlobalAveragePool":
+            attrs = {"kernel_shape": [int(d) for d in x.shape[2:]]}
+        else:
+            attrs = {k: v for k, v in node.attrs.items() if k in POOL_ATTRS}
+        probe = Node("AveragePool", node.name, [], [], attrs)
+        win = nn.window(probe, tuple(int(d) for d in x.shape[2:]),
+                        tuple(int(k) for k in attrs["kernel_shape"]),
+                        bool(attrs.get("ceil_mode", 0)))
+        counts = nn.window_counts(win, bool(attrs.get("count_include_pad", 0)))
+        if counts.size == 0 or not np.all(counts == counts.flat[0]) or counts.flat[0] < 1:
+            return None
+        return {**attrs, "taps": int(counts.flat[0])}
+
+    def average_pool(self, node: Node, pool: dict) -> None:
+        """QAveragePool: Σ_window (x − z_x) · s_x / (n · s_y), one rounding into the pool
+        output's own calibrated format. The mean of a window has a smaller range than its
+        input (a global pool of ReLU maps: several times smaller), which the input's step
+        would waste; requantizing the rounded mean again would round twice."""
+        codes, fmt = self.codes[node.inputs[0].name]
+        value = node.outputs[0]
+        out_fmt = self.format_for(value, self.config.scheme)
+        taps = pool.pop("taps")
+        m, s = multiplier_shift(float(fmt.scales[0] / (taps * out_fmt.scales[0])))
+        attrs = {**pool, "x_zero_point": fmt.zero_point, "multiplier": [m], "shift": [s],
+                 "relu": 0, **_out_attrs(out_fmt)}
+        self.codes[value.name] = (self.emit("QAveragePool", [codes], value.name, out_fmt, attrs,
+                                            node.name), out_fmt)
 
     def same_format(self, node: Node) -> None:
         first_codes, fmt = self.codes[node.inputs[0].name]
@@ -314,6 +397,30 @@ class _Rewriter:
         self.codes[value.name] = (self.emit("QSoftmax", [codes, low, high], value.name, out_fmt,
                                             attrs, node.name), out_fmt)
 
+    def log_softmax(self, node: Node) -> None:
+        """QLogSoftmax on the input's codes (qcc.core.numerics.log_softmax: within 1/2 + eps
+        LSB of the float LogSoftmax; the output range from the input's)."""
+        codes, fmt = self.codes[node.inputs[0].name]
+        if fmt.scales.size != 1:
+            raise QccError(f"LogSoftmax {node.name!r}: its input needs one scale")
+        value, flatten = node.outputs[0], node.opset < 13
+        axis = int(node.attrs.get("axis", 1 if flatten else -1))
+        in_step = float(fmt.scales[0])
+        bits = 16 if self.wanted_bits(value) >= 16 else 8
+        out_range = log_softmax.output_range(
+            in_step, fmt.hi - fmt.lo, _row_length(node.inputs[0].shape, axis, flatten), bits)
+        out_fmt = _log_probability_format(self.config.scheme, out_range, bits)
+        params = log_softmax.log_softmax_params(in_step, _code_bits(fmt), float(out_fmt.scale),
+                                                out_fmt.zero_point, out_fmt.lo, out_fmt.hi)
+        low = self.const(self.out.unique_name(f"{node.name}_exp_low"),
+                         params.low.astype(np.int32))
+        high = self.const(self.out.unique_name(f"{node.name}_exp_high"),
+                          params.high.astype(np.int32))
+        attrs = {"axis": axis, "flatten": int(flatten), "diff_mult": params.diff_mult,
+                 "log_mult": params.log_mult, "d_cap": params.d_cap, **_out_attrs(out_fmt)}
+        self.codes[value.name] = (self.emit("QLogSoftmax", [codes, low, high], value.name,
+                                            out_fmt, attrs, node.name), out_fmt)
+
     def table_op(self, node: Node) -> None:
         """An elementwise nonlinearity as a lookup: entry c holds the correctly rounded output
         code of input code c (negative codes wrap, as Gather indices do)."""
@@ -346,6 +453,28 @@ class _Rewriter:
         self.out.add_node("Gather", [table, codes], [out], {"axis": 0},
                           self.out.unique_node_name(node.name))
         self.codes[value.name] = (out, out_fmt)
+
+    def trunc(self, node: Node) -> None:
+        """QONNX Trunc -> QTrunc (qcc.core.ops.qonnx): the input codes on the Trunc's input grid
+        (a Requantize onto it is QONNX's first rounding, round(x / scale)), shifted right with
+        its rounding mode and clamped. passes/fold_quantizers.py fixed both grids."""
+        params = trunc_params(node)
+        x, value = node.inputs[0], node.outputs[0]
+        in_fmt = self.format_for(x, self.config.scheme, params.in_bits)
+        out_fmt = self.format_for(value, self.config.scheme, params.out_bits)
+        for fmt, scale, where in ((in_fmt, params.scale, "input"),
+                                  (out_fmt, params.out_scale, "output")):
+            if fmt.levels is not None or not np.allclose(fmt.scales, scale, rtol=1e-6):
+                raise QccError(f"Trunc {node.name!r}: its {where} grid (scale {scale:g}) is not "
+                               f"a format of scheme {self.config.scheme}")
+        signed = out_fmt.lo < out_fmt.zero_point if params.signed is None else params.signed
+        clamp_lo, clamp_hi = params.clamp(signed)
+        attrs = {"x_zero_point": in_fmt.zero_point, "shift": params.shift,
+                 "rounding_mode": params.rounding_mode, "clamp_lo": clamp_lo,
+                 "clamp_hi": clamp_hi, **_out_attrs(out_fmt)}
+        codes = self.in_format(x, in_fmt, node.name)
+        self.codes[value.name] = (self.emit("QTrunc", [codes], value.name, out_fmt, attrs,
+                                            node.name), out_fmt)
 
     def float_op(self, node: Node) -> None:
         """A float op is allowed only on dequantized values that lead to outputs alone."""
@@ -405,9 +534,10 @@ BIAS_HEADROOM = 2.0 ** 30  # bias codes stay below 2^30 accumulator steps, insid
 
 
 def _bias_representable(w_fmt: CodeFormat, b: np.ndarray, x_scale: float) -> CodeFormat:
-    """Binary and ternary codes do not depend on α: a channel whose α is so small that its bias
-    would need more than 2^30 accumulator steps (a dead channel, weights ~1e-30 after BatchNorm
-    folding) gets the smallest α that holds the bias. Its weights then add at most
+    """For codes made outside the schemes (QAT's trained quantizers; the schemes honour the
+    same bound through `min_scale`). Binary and ternary codes do not depend on α: a channel
+    whose α is so small that its bias would need more than 2^30 accumulator steps (a dead
+    channel, weights ~1e-30 after BatchNorm folding) gets the smallest α that holds the bias. Its weights then add at most
     n·max|x|·|b|/(x_scale·2^30) to an output of size |b|: a 2^-30 fraction per accumulated code."""
     if w_fmt.spec.format not in ("binary", "ternary"):
         return w_fmt
@@ -465,6 +595,37 @@ def _probability_format(scheme: str, tables: SoftmaxTables) -> CodeFormat:
     else:
         spec = QuantSpec("fixed", tables.out_bits, tables.out_signed, pdr=1.0)
     return CodeFormat(step, tables.out_zero_point, lo, hi, spec)
+
+
+def _row_length(shape: tuple | None, axis: int, flatten: bool) -> int | None:
+    """The classes per row of a (Log)Softmax (softmax_layout), None when not static."""
+    if shape is None:
+        return None
+    axis = axis + len(shape) if axis < 0 else axis
+    dims = shape[axis:] if flatten else shape[axis:axis + 1]
+    if any(d is None or d <= 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _log_probability_format(scheme: str, out_range: float, bits: int) -> CodeFormat:
+    """LogSoftmax output codes for values in [-out_range, 0] (qcc.core.numerics.log_softmax):
+    signed fixed point with PDR out_range, or for the affine scheme scale out_range 2^-bits
+    and zero point 2^(bits-1) - 1 (TFLite's int8 LogSoftmax for out_range 16)."""
+    lo, hi = int_range(bits, True)
+    if scheme == "affine":
+        step = out_range * 2.0 ** -bits
+        return CodeFormat(step, hi, lo, hi, QuantSpec("affine", bits, True, scale=step,
+                                                      zero_point=hi))
+    spec = QuantSpec("fixed", bits, True, pdr=out_range)
+    return CodeFormat(spec.step, 0, lo, hi, spec)
+
+
+def _covers(fmt: CodeFormat, lo: float, hi: float) -> bool:
+    """Whether `lo` and `hi` quantize into fmt's codes without saturating (round to nearest)."""
+    scale = float(np.max(fmt.scales))
+    return (fmt.lo - fmt.zero_point - 0.5) * scale <= lo and \
+        hi < (fmt.hi - fmt.zero_point + 0.5) * scale
 
 
 def _out_attrs(fmt: CodeFormat) -> dict:

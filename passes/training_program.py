@@ -24,7 +24,21 @@ Each backend registers its integer backward of the same ops next to it (`int_vjp
 backends/numpy_int/training/vjps.py; `c_train`: backends/c/train_ops.py), so both walk this one
 plan. Supported formats: fixed-point activations (power-of-two steps, zero point 0) and
 fixed-point or binary (±1 · α_c) weights on trained and gradient-carrying layers; layers before
-the first trained one only run forward (any format the backends run). The logits are the input
+the first trained one only run forward (any format the backends run).
+
+Sign activations (a layer marked dot = "xnor", `--binary-activations`): the forward reads
+a = sign(x) ∈ {−1, +1} (sign(0) = +1) and runs as XNOR-popcounts (backends/numpy_int/xnor.py),
+so the layer's input activation as the dot product sees it has step 2^0 (x_exp = 0). The
+backward goes through the sign with the straight-through estimator of binarized networks
+(Hubara et al. 2016, BNN: g_x = g_a · 1_{|x| <= 1}), with the clipping range the input
+tensor's own format: the gradient passes where the input code lies strictly inside its code
+range (ste_lo < x < ste_hi, i.e. the value was not saturated) and is zero outside.
+
+Ternarized back-propagation (seeds/000, TBP): every trained layer has its number of
+stochastic ternarization samples S (`LayerProgram.samples`, 0: exact gradients): one S for all
+(`--grad-ternary S`) or one per layer (`TrainOptions.layer_samples`, which `--grad-ternary
+auto` fills with the smallest S whose averaged ternarized weight gradient keeps a correlation
+R >= 0.7 with the exact one, backends/numpy_int/training/tbp_samples.py). The logits are the input
 of the output's Dequantize. backends/numpy_int/train_step.py executes the program; its module
 docstring is the arithmetic specification.
 """
@@ -51,6 +65,7 @@ UPDATE_RULES = ("fx", "bc", "sr", "r")
 CE_FRAC_BITS = 24  # the softmax cross-entropy gradient in Q.24 (qcc/core/numerics/softmax_ce.py)
 MAX_STOCHASTIC_SHIFT = 31  # qcc.core.numerics.rounding.stochastic_round_shift draws 32-bit numbers
 ALPHA_BITS = 23  # binary layers: α_c ≈ alpha_mult_c · 2^-alpha_shift, multipliers < 2^24
+MAX_TERNARY_SAMPLES = 64  # S per layer; also the default limit of --grad-ternary auto
 PRECISION_KEYS = ("B_W", "B_A", "B_GW", "B_GA", "B_acc")
 I64 = NDArray[np.int64]
 
@@ -58,8 +73,10 @@ I64 = NDArray[np.int64]
 @dataclass(frozen=True)
 class TrainOptions:
     """What the user chose: update rule (with per-layer exceptions in `layer_updates`),
-    learning rate 2^lr_exp, TBP samples S (0: off), trainable layer names (None: every weighted
-    layer), the compiled batch and the PRNG seed."""
+    learning rate 2^lr_exp, TBP samples S (0: off; per-layer exceptions in `layer_samples`),
+    trainable layer names (None: every weighted layer), the compiled batch and the PRNG seed.
+    `grad_ternary_auto` > 0 asks for S per layer by the R >= 0.7 criterion with at most that
+    many samples (`--grad-ternary auto`); the compile resolves it into `layer_samples`."""
 
     update: str = "fx"
     lr_exp: int = -4
@@ -68,13 +85,18 @@ class TrainOptions:
     batch: int = 32
     seed: int = 0
     layer_updates: tuple[tuple[str, str], ...] = ()
+    layer_samples: tuple[tuple[str, int], ...] = ()
+    grad_ternary_auto: int = 0
 
     def __post_init__(self) -> None:
         for rule in (self.update, *(r for _, r in self.layer_updates)):
             if rule not in UPDATE_RULES:
                 raise QccError(f"unknown update rule {rule!r}; known: {', '.join(UPDATE_RULES)}")
-        if not 0 <= self.grad_ternary <= 64:
-            raise QccError(f"--grad-ternary takes 0 (off) to 64 samples, got {self.grad_ternary}")
+        for samples in (self.grad_ternary, self.grad_ternary_auto,
+                        *(s for _, s in self.layer_samples)):
+            if not 0 <= samples <= MAX_TERNARY_SAMPLES:
+                raise QccError(f"--grad-ternary takes 0 (off) to {MAX_TERNARY_SAMPLES} samples, "
+                               f"got {samples}")
         if not 1 <= self.batch <= 1 << 16:
             raise QccError(f"the training batch must be 1 to 65536 samples, got {self.batch}")
         if not -30 <= self.lr_exp <= 0:
@@ -84,6 +106,7 @@ class TrainOptions:
         d = asdict(self)
         d["trainable"] = list(self.trainable) if self.trainable is not None else None
         d["layer_updates"] = dict(self.layer_updates)
+        d["layer_samples"] = dict(self.layer_samples)
         return d
 
     @classmethod
@@ -92,10 +115,20 @@ class TrainOptions:
         if d.get("trainable") is not None:
             d["trainable"] = tuple(d["trainable"])
         d["layer_updates"] = tuple(sorted(d.get("layer_updates", {}).items()))
+        d["layer_samples"] = tuple(sorted(d.get("layer_samples", {}).items()))
         return cls(**d)
 
     def rule(self, layer: str) -> str:
         return dict(self.layer_updates).get(layer, self.update)
+
+    def samples(self, layer: str) -> int:
+        """S of `layer`'s ternarized weight gradient (0: exact)."""
+        return dict(self.layer_samples).get(layer, self.grad_ternary)
+
+    @property
+    def ternary(self) -> bool:
+        """Whether any layer ternarizes its gradients."""
+        return bool(self.grad_ternary or any(s for _, s in self.layer_samples))
 
 
 @dataclass(frozen=True)
@@ -146,6 +179,10 @@ class LayerProgram:
     alpha_acc: tuple[int, ...] = ()  # binary: α_c in accumulator units, round(α_c 2^-acc_exp)
     in_rep: GradRep = field(default_factory=lambda: GradRep(0))  # gradient arriving at output
     dx_rep: GradRep | None = None  # gradient the layer sends to its input
+    xnor: bool = False  # reads sign(x): XNOR-popcount forward, straight-through backward
+    ste_lo: int = 0  # xnor: the input gradient passes where ste_lo < x code < ste_hi
+    ste_hi: int = 0
+    samples: int = 0  # TBP: stochastic ternarization samples S of G_A (0: exact G_W)
 
     @property
     def update_shift(self) -> int:
@@ -237,6 +274,9 @@ def _fixed(value: Value, what: str, layer: str) -> FixedFormat:
         raise QccError(f"training needs fixed-point {what} (layer {layer!r} has "
                        f"{spec if spec is not None else 'no format'}); compile with --scheme "
                        "fixed (or binary weights)")
+    if "pdrs" in spec.extra:
+        raise QccError(f"layer {layer!r}: training needs one range for the whole weight tensor, "
+                       "not one per channel; compile with --train (QuantConfig.for_training)")
     return FixedFormat.from_spec(spec)
 
 
@@ -283,13 +323,14 @@ def _bias_conversion(master_exp: int, bias_exps: np.ndarray) -> tuple[tuple[int,
 
 # -- the program ------------------------------------------------------------------------------
 def _layer_program(node: Node, out_value: Value, trainable: bool, update: str,
-                   propagate: bool) -> LayerProgram:
+                   propagate: bool, samples: int) -> LayerProgram:
     name = node.name
-    if node.attrs.get("dot") == "xnor":
-        raise QccError(f"layer {name!r}: training with sign activations (XNOR) is not supported")
     if int(node.attrs.get("x_zero_point", 0)) != 0:
         raise QccError(f"layer {name!r}: training needs activations without a zero point")
     x_fmt = _fixed(node.inputs[0], "activations", name)
+    xnor = node.attrs.get("dot") == "xnor"
+    ste_lo, ste_hi = x_fmt.code_range
+    x_exp = 0 if xnor else x_fmt.step_exp  # sign activations are ±1: step 2^0
     w_val = node.inputs[1]
     channel_axis = train_rule(node).channel_axis(node)
     channels = w_val.const.shape[channel_axis]
@@ -298,9 +339,9 @@ def _layer_program(node: Node, out_value: Value, trainable: bool, update: str,
     if binary and trainable and update == "fx":
         raise QccError(f"layer {name!r} has binary weights: use --update bc, sr or r (fx needs "
                        "fixed-point weights)")
-    weights = (_binary_weights(node, x_fmt, _fixed(out_value, "activations", name), channels,
+    weights = (_binary_weights(node, x_exp, _fixed(out_value, "activations", name), channels,
                                acc_exp, channel_axis) if binary else
-               _fixed_weights(node, x_fmt, channels, acc_exp, update))
+               _fixed_weights(node, x_exp, channels, acc_exp, update))
     bias_master_exp = acc_exp + ga_exp - gw_exp
     bias_mult, bias_shift = _bias_conversion(bias_master_exp, weights.pop("bias_exps"))
     bias = node.input(2)
@@ -310,12 +351,13 @@ def _layer_program(node: Node, out_value: Value, trainable: bool, update: str,
         weight_shape=tuple(w_val.const.shape), out_channels=int(channels),
         channel_axis=channel_axis, trainable=trainable, update=update, needs_grad=True,
         propagate=propagate, binary=binary, relu=bool(node.attrs.get("relu", 0)),
-        precision=precision, x_exp=x_fmt.step_exp, ga_exp=ga_exp, ga_bits=precision[3],
+        precision=precision, x_exp=x_exp, ga_exp=ga_exp, ga_bits=precision[3],
         gw_exp=gw_exp, gw_bits=precision[2], acc_exp=acc_exp, bias_master_exp=bias_master_exp,
-        bias_mult=bias_mult, bias_shift=bias_shift, **weights)
+        bias_mult=bias_mult, bias_shift=bias_shift, xnor=xnor, ste_lo=ste_lo, ste_hi=ste_hi,
+        samples=samples if trainable else 0, **weights)
 
 
-def _fixed_weights(node: Node, x_fmt: FixedFormat, channels: int, acc_exp: int,
+def _fixed_weights(node: Node, x_exp: int, channels: int, acc_exp: int,
                    update: str) -> dict[str, Any]:
     """Weight fields of a fixed-point layer: B = w_exp - acc_exp accumulator bits."""
     w_fmt = _fixed(node.inputs[1], "weights", node.name)
@@ -329,16 +371,16 @@ def _fixed_weights(node: Node, x_fmt: FixedFormat, channels: int, acc_exp: int,
                        "most 31 fit its int32")
     lo, hi = w_fmt.code_range
     return {"w_exp": w_fmt.step_exp, "w_lo": lo, "w_hi": hi, "acc_bits": acc_bits,
-            "bias_exps": np.full(channels, float(x_fmt.step_exp + w_fmt.step_exp))}
+            "bias_exps": np.full(channels, float(x_exp + w_fmt.step_exp))}
 
 
-def _binary_weights(node: Node, x_fmt: FixedFormat, out_fmt: FixedFormat, channels: int,
+def _binary_weights(node: Node, x_exp: int, out_fmt: FixedFormat, channels: int,
                     acc_exp: int, channel_axis: int) -> dict[str, Any]:
     """Weight fields of a ±α_c layer: α_c as integers, and in accumulator units."""
     if channel_axis != 0:
         raise QccError(f"layer {node.name!r}: binary weights must be stored output channel "
                        "first (Gemm: transposed)")
-    alpha_mult, alpha_shift = _binary_alpha(node, x_fmt.step_exp, out_fmt.step_exp, channels)
+    alpha_mult, alpha_shift = _binary_alpha(node, x_exp, out_fmt.step_exp, channels)
     alpha = np.asarray(alpha_mult, np.float64) * 2.0 ** -alpha_shift
     alpha_acc = tuple(max(1, int(round(a * 2.0 ** -acc_exp))) for a in alpha)
     if max(alpha_acc) >= 1 << 30:
@@ -346,22 +388,29 @@ def _binary_weights(node: Node, x_fmt: FixedFormat, out_fmt: FixedFormat, channe
     return {"w_exp": 0, "w_lo": -1, "w_hi": 1,
             "acc_bits": int(math.ceil(math.log2(max(alpha_acc)))) + 1,
             "alpha_mult": alpha_mult, "alpha_shift": alpha_shift, "alpha_acc": alpha_acc,
-            "bias_exps": x_fmt.step_exp + np.log2(alpha)}
+            "bias_exps": x_exp + np.log2(alpha)}
 
 
 def _logits(graph: Graph) -> tuple[Value, int]:
     """The codes the loss is taken on: the input of the Dequantize making the first output,
-    or the one a final Softmax / LogSoftmax reads (the ops' `loss_edge` rules)."""
+    or of the integer or float Softmax / LogSoftmax before it, which the loss replaces (the
+    ops' LossEdge rules)."""
     producer = graph.outputs[0].producer
     while producer is not None:
         entry = registered(producer.op_type)
         rule = entry.train_rule if entry is not None else None
         if not isinstance(rule, LossEdge):
             break
+        codes = producer.inputs[0]
+        head = codes.producer
+        head_entry = registered(head.op_type) if head is not None else None
+        if rule.dequantizes and head_entry is not None and \
+                isinstance(head_entry.train_rule, LossEdge) and head_entry.train_rule.on_codes:
+            return head.inputs[0], _step_exp(head.inputs[0], head.name)
         if rule.dequantizes:
             scale = float(producer.attrs["scale"])
-            return producer.inputs[0], int(round(math.log2(scale)))
-        producer = producer.inputs[0].producer
+            return codes, int(round(math.log2(scale)))
+        producer = head
     raise QccError("training needs the model's first output to be dequantized logits "
                    "(optionally followed by Softmax)")
 
@@ -431,10 +480,21 @@ class LossEdge:
     loss is taken on (`dequantizes`), and a final (Log)Softmax the loss replaces."""
 
     dequantizes: bool
+    on_codes: bool = False  # an integer (Log)Softmax: the loss is taken on its input codes
+
+
+def _step_exp(value: Value, head: str) -> int:
+    """log2 of the fixed-point step of the logits codes a final integer (Log)Softmax reads."""
+    spec = value.quant
+    if spec is None or spec.format != "fixed" or spec.step is None:
+        raise QccError(f"training takes the loss on the logits {head!r} reads, which need a "
+                       f"fixed-point format (they have {spec}); compile with --scheme fixed")
+    return int(round(math.log2(spec.step)))
 
 
 training_entry("train_rule", "Dequantize")(LossEdge(True))
 training_entry("train_rule", "Softmax", "LogSoftmax")(LossEdge(False))
+training_entry("train_rule", "QSoftmax", "QLogSoftmax")(LossEdge(False, on_codes=True))
 
 for _ops, _rule in (
         (("QConv",), TrainRule(_weighted_rep, lambda node: 0)),
@@ -541,7 +601,8 @@ def _chosen_layers(integer: Graph, options: TrainOptions) -> tuple[list[str], se
     chosen = set(names) if options.trainable is None else set(options.trainable)
     if not chosen:
         raise QccError("no trainable layer: --trainable names none of the model's layers")
-    for what, given in (("--trainable", chosen), ("update rule", set(dict(options.layer_updates)))):
+    for what, given in (("--trainable", chosen), ("update rule", set(dict(options.layer_updates))),
+                        ("ternarization samples", set(dict(options.layer_samples)))):
         unknown = sorted(given - set(names))
         if unknown:
             raise QccError(f"{what}: no weighted layer named {', '.join(map(repr, unknown))} "
@@ -558,10 +619,10 @@ def _visit(node: Node, options: TrainOptions, chosen: set[str], ancestry: set[st
     if train_rule(node).weighted:
         propagate = node.inputs[0].name in ancestry
         layer = _layer_program(node, out, node.name in chosen, options.rule(node.name),
-                               propagate)
+                               propagate, options.samples(node.name))
         where = f"layer {node.name!r}"
         _check_rounding(reps[out.name], layer.ga_exp, options.batch, where)
-        _check_rounding(GradRep(layer.ga_exp + layer.x_exp, max(1, options.grad_ternary)),
+        _check_rounding(GradRep(layer.ga_exp + layer.x_exp, max(1, layer.samples)),
                         layer.gw_exp, options.batch, where + " (G_W)")
         if not propagate:
             layers[node.name] = replace(layer, in_rep=reps[out.name])

@@ -68,11 +68,13 @@ def time_host(exe: Path, inputs: np.ndarray, runs: int, workdir: Path) -> float:
     return float(out.split()[0]) * 1e-6
 
 
-def build_mcu(outdir: Path, name: str, elf: Path | None = None) -> Path:
-    """The QEMU mps2-an386 firmware: startup + semihosting main + the library, at -Os."""
+def build_mcu(outdir: Path, name: str, elf: Path | None = None, opt: str = "-Os") -> Path:
+    """The QEMU mps2-an386 firmware: startup + semihosting main + the library, at -Os (or
+    `opt`)."""
     elf = elf or outdir / "mcu" / f"{name}.elf"
     mcu = outdir / "mcu"
-    _run(["arm-none-eabi-gcc", *ARM_ARCH, *ARM_FLAGS, f"-I{outdir}", "-nostartfiles",
+    flags = [opt if f == "-Os" else f for f in ARM_FLAGS]
+    _run(["arm-none-eabi-gcc", *ARM_ARCH, *flags, f"-I{outdir}", "-nostartfiles",
           "--specs=rdimon.specs", "-T", str(mcu / "mps2_an386.ld"), "-Wl,--gc-sections",
           str(mcu / "startup.c"), str(mcu / "main.c"), *library_sources(outdir, name),
           "-o", str(elf)])

@@ -10,12 +10,15 @@ The graph's float edges stay out of <name>_infer: its qcc.Quantize becomes
 <name>_quantize_input and its qcc.Dequantize <name>_dequantize_output, the only functions with
 float code. Every public symbol starts with `<name>_`; everything else is static, and the
 runtime is copied as <name>_runtime.[ch] with its prefix renamed, so several models link into
-one firmware.
+one firmware. No identifier comes from a model's names: a node's function and constants are
+`n<index>_<op>...` (node_identifiers); its ONNX name appears in comments only, escaped by
+backends/c/writer.py c_text like every other string taken from a model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import keyword
 import re
 from collections.abc import Callable
@@ -26,6 +29,7 @@ import numpy as np
 from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish
 from backends.c.ops import KernelPlan, kernel_for
 from backends.c.ops.movement import concat_layout
+from backends.c.ops.qlinear import edge_format
 from backends.c.packing import WeightRows, store_rows
 from backends.c.tensors import TensorInfo, analyse
 from backends.c.writer import CWriter, c_comment
@@ -40,14 +44,36 @@ C_KEYWORDS = {"auto", "break", "case", "char", "const", "continue", "default", "
               "main", "harness"}  # harness.c is the host harness's file
 
 
+MAX_PREFIX = 24  # characters of the model prefix: `<name>_dequantize_output` stays ~40
+
+
 def c_identifier(name: str) -> str:
-    """A lower-case C identifier from a model name: `ResNet-8.v2` -> `resnet_8_v2`."""
+    """The model prefix of every public symbol, from the model's name (its file stem):
+    lower-case ASCII letters, digits and `_` (`ResNet-8.v2` -> `resnet_8_v2`). A name longer
+    than MAX_PREFIX keeps its first characters plus six hex digits of its SHA-256, so distinct
+    long names stay distinct and a name always gives the same prefix."""
     ident = re.sub(r"[^0-9a-z_]+", "_", name.lower()).strip("_") or "model"
     if ident[0].isdigit():
         ident = "m_" + ident
     if ident in C_KEYWORDS or keyword.iskeyword(ident):
         ident += "_model"
+    if len(ident) > MAX_PREFIX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+        ident = f"{ident[:MAX_PREFIX - 7].rstrip('_')}_{digest}"
     return ident
+
+
+def node_identifiers(nodes: list[Node]) -> dict[str, str]:
+    """Node name -> `n<index>_<op>` (`n12_qconv`): the stem of every C identifier made for a
+    node (its function, its constants). Built from the node's position in `nodes` and its op
+    type only, never from a model's names, so identifiers are short, stable across runs and
+    distinct however the model names its nodes; the name appears in comments only, escaped by
+    backends/c/writer.py c_text."""
+    return {node.name: f"n{i}_{_op_identifier(node.op_type)}" for i, node in enumerate(nodes)}
+
+
+def _op_identifier(op_type: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", op_type.lower())[:20] or "op"
 
 
 @dataclass
@@ -166,6 +192,16 @@ def split_edges(graph: Graph) -> Edges:
     return Edges(readers[0], producer, body)
 
 
+def refuse_float_body(edges: Edges, info: dict[str, TensorInfo]) -> None:
+    """The library's body is integer: a node computing in float (e.g. a QDQ node unit that
+    passes/fuse_qdq.py leaves to float) is refused, naming it."""
+    for node in edges.body:
+        for v in node.outputs:
+            if v.name in info and info[v.name].dtype.kind == "f":
+                raise QccError(f"the C backend runs integer ops only; node {node.name!r} "
+                               f"({node.op_type}) computes in float")
+
+
 def _float_edge(node: Node) -> str | None:
     entry = registered(node.op_type)
     return entry.float_edge if entry is not None else None
@@ -176,9 +212,9 @@ def emit_source(graph: Graph, name: str, source_model: str = "") -> CSource:
     name = c_identifier(name)
     info = analyse(graph)
     edges = split_edges(graph)
+    refuse_float_body(edges, info)
     ctx = EmitContext(graph, info, name)
-    for i, node in enumerate(edges.body):
-        ctx.functions[node.name] = f"n{i}_{c_identifier(node.name)}"
+    ctx.functions.update(node_identifiers(edges.body))
     plans: dict[str, KernelPlan] = {}
     for node in edges.body:
         ctx.current = node.name
@@ -392,8 +428,9 @@ def _infer(w: CWriter, name: str, edges: Edges, ctx: EmitContext, memory: Memory
 def _edges_functions(w: CWriter, name: str, upper: str, edges: Edges, ctx: EmitContext,
                      in_t: str, out_t: str) -> None:
     """<name>_quantize_input and <name>_dequantize_output: the float edges."""
-    quantize = f"{name}_quantize(x[{{}}], {upper}_INPUT_SCALE, {upper}_INPUT_ZERO_POINT, " \
-               f"{upper}_INPUT_MIN, {upper}_INPUT_MAX)"
+    onnx = edge_format(edges.quantize).onnx, edge_format(edges.dequantize).onnx
+    quantize = f"{name}_quantize{'_linear' if onnx[0] else ''}(x[{{}}], {upper}_INPUT_SCALE, " \
+               f"{upper}_INPUT_ZERO_POINT, {upper}_INPUT_MIN, {upper}_INPUT_MAX)"
     perm = edges.quantize.attrs.get("perm")
     with w.block(f"int {name}_quantize_input(const float *x, {name}_input_t *codes)"):
         w.line("int32_t i;" if perm is None else "int32_t o = 0;")
@@ -412,8 +449,8 @@ def _edges_functions(w: CWriter, name: str, upper: str, edges: Edges, ctx: EmitC
         with w.block("if (codes == NULL || y == NULL)"):
             w.line(f"return {upper}_ERR_NULL;")
         with w.block(f"for (i = 0; i < {upper}_OUTPUT_SIZE; ++i)"):
-            w.line(f"y[i] = {name}_dequantize(codes[i], {upper}_OUTPUT_ZERO_POINT, "
-                   f"{upper}_OUTPUT_SCALE);")
+            w.line(f"y[i] = {name}_dequantize{'_linear' if onnx[1] else ''}(codes[i], "
+                   f"{upper}_OUTPUT_ZERO_POINT, {upper}_OUTPUT_SCALE);")
         w.line(f"return {upper}_OK;")
 
 
@@ -438,7 +475,7 @@ def _permuted_loops(w: CWriter, out_shape: tuple[int, ...], perm: list[int],
 
 def _header(name: str, edges: Edges, ctx: EmitContext, memory: MemoryPlan, model: str) -> str:
     upper = name.upper()
-    q, dq = edges.quantize.attrs, edges.dequantize.attrs
+    q, dq = edge_format(edges.quantize), edge_format(edges.dequantize)
     x, y = ctx.t(edges.input_codes), ctx.t(edges.output_codes)
     w = CWriter()
     w.comment(f"{name}.h: generated by qcc from {model or ctx.graph.name}; do not edit.\n\n"
@@ -449,9 +486,9 @@ def _header(name: str, edges: Edges, ctx: EmitContext, memory: MemoryPlan, model
                 "#ifdef __cplusplus", 'extern "C" {', "#endif", ""])
     w.lines_of([f"#define {upper}_OK 0", f"#define {upper}_ERR_NULL 1  /* a null pointer */",
                 ""])
-    for label, t, scale, zp, value in (("INPUT", x, q["scale"], q.get("out_zero_point", 0),
+    for label, t, scale, zp, value in (("INPUT", x, q.scale, q.zero_point,
                                         edges.quantize.inputs[0]),
-                                       ("OUTPUT", y, dq["scale"], dq.get("zero_point", 0),
+                                       ("OUTPUT", y, dq.scale, dq.zero_point,
                                         edges.dequantize.outputs[0])):
         w.comment(f"{label.lower()} {value.name!r}: shape {list(t.shape)}, {t.ctype} codes "
                   f"in [{t.lo}, {t.hi}]")
@@ -468,7 +505,8 @@ def _header(name: str, edges: Edges, ctx: EmitContext, memory: MemoryPlan, model
                 f"#define {upper}_WEIGHT_BYTES {ctx.weight_bytes}", ""])
     w.comment("Run the model on one sample of input codes; 0 or an error code.")
     w.line(f"int {name}_infer(const {name}_input_t *input, {name}_output_t *output);")
-    w.comment("Float input -> codes (round half away from zero, saturating).")
+    w.comment(f"Float input -> codes (round half {'to even' if q.onnx else 'away from zero'}, "
+              "saturating).")
     w.line(f"int {name}_quantize_input(const float *x, {name}_input_t *codes);")
     w.comment("Output codes -> float.")
     w.line(f"int {name}_dequantize_output(const {name}_output_t *codes, float *y);")

@@ -45,6 +45,8 @@ def runtime_sources(name: str) -> dict[str, str]:
         text = (RUNTIME / f"qcc_runtime.{suffix}").read_text()
         text = text.replace("qcc_runtime", f"{name}_runtime").replace("QCC_", f"{name.upper()}_")
         files[f"{name}_runtime.{suffix}"] = text.replace("qcc_", f"{name}_")
+    dsp = (RUNTIME / "qcc_dsp.h").read_text().replace("QCC_", f"{name.upper()}_")
+    files[f"{name}_dsp.h"] = dsp.replace("qcc_", f"{name}_")  # included by the runtime header
     return files
 
 

@@ -166,3 +166,32 @@ def store_rows(codes: np.ndarray, cname: str, xnor: bool = False) -> WeightRows:
     kind = "int8" if direct == 8 else "int16"
     return WeightRows(cname, kind, rows, row_len, direct, True,
                       flat.astype(np.int8 if direct == 8 else np.int16))
+
+
+# -- the DSP kernels' weight order (backends/c/ops/dsp.py) -------------------------------------
+DSP_GROUP = 4  # taps per 32-bit word of int8 weights
+
+
+def dsp_taps(k: int) -> int:
+    """Taps per row of the DSP kernels: k rounded up to two words, so the inner loop runs two
+    words per iteration (k = 27 -> 32, 144 -> 144; the padding taps are zero weights)."""
+    return -(-k // (2 * DSP_GROUP)) * 2 * DSP_GROUP
+
+
+def pack_dsp_rows(codes: np.ndarray, block: int) -> np.ndarray:
+    """(rows, k) int8 codes in the order the DSP kernels read them (flat int8).
+
+    Rows are taken in blocks of `block` (zero rows complete the last block) and taps in words
+    of four, zero-padded to dsp_taps(k). Word g of a block is the word of its first row, then
+    the second's, ..., so one pointer walks every row of the block. Inside a word the taps
+    t0 t1 t2 t3 are stored as t0 t2 t1 t3: SXTB16 takes bytes 0 and 2 (giving the 16-bit pair
+    t0, t1) and SXTB16 after a rotation by 8 bytes 1 and 3 (t2, t3), the order of consecutive
+    int16 activations."""
+    codes = np.asarray(codes, dtype=np.int64)
+    rows, k = codes.shape
+    if codes.size and (codes.min() < -128 or codes.max() > 127):
+        raise ValueError("the DSP kernels take int8 weight codes")
+    padded = np.zeros((-(-rows // block) * block, dsp_taps(k)), np.int64)
+    padded[:rows, :k] = codes
+    words = padded.reshape(padded.shape[0] // block, block, -1, DSP_GROUP)[..., [0, 2, 1, 3]]
+    return words.transpose(0, 2, 1, 3).reshape(-1).astype(np.int8)

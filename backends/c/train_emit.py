@@ -35,15 +35,17 @@ import numpy as np
 
 import backends.c.train_ops  # noqa: F401  (registers every op's C backward: `c_train`)
 from backends.c.build import arm_object_size
-from backends.c.emit import EmitContext, c_identifier, split_edges
+from backends.c.emit import EmitContext, c_identifier, node_identifiers, split_edges
 from backends.c.library import SUMMARY
 from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish
 from backends.c.ops import KernelPlan, kernel_for
 from backends.c.tensors import analyse
+from backends.c.train_ops import xnor_geometry, xnor_words
 from backends.c.writer import CWriter
 from passes.training_program import GradRep, TrainingProgram, TrainState, backward_rep
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph, Node
+from qcc.core.numerics.binary import pack_signs
 from qcc.core.numerics.rounding import int_range
 from qcc.core.numerics.softmax_ce import EXP2_LUT
 from qcc.core.registry import training_lookup
@@ -94,8 +96,8 @@ def unpack_export(program: TrainingProgram, flat: np.ndarray) -> dict[str, np.nd
 
 
 def _check(program: TrainingProgram) -> None:
-    if program.options.grad_ternary:
-        for layer in program.trained:
+    for layer in program.trained:
+        if layer.samples:
             if layer.ga_bits > 31:  # binary.stochastic_ternarize needs |G_A| < 2^31
                 raise QccError(f"--grad-ternary needs B_GA <= 31 ({layer.name!r} has "
                                f"{layer.ga_bits})")
@@ -118,7 +120,7 @@ def gradient_bound(integer: Graph, program: TrainingProgram) -> int:
     exact weight gradient sums batch · positions (· S) products |G_A|·|A|; the input gradient
     fan-out · |W| · |G_A| (· α_mult); a pooled input gets at most one gradient per window
     covering it (the op's `growth`)."""
-    n, samples = program.options.batch, max(program.options.grad_ternary, 1)
+    n = program.options.batch
     layers = {layer.name: layer for layer in program.layers}
     pending = {program.logits: (1 << 24, program.reps[program.logits])}
     worst = 1 << 24
@@ -132,7 +134,8 @@ def gradient_bound(integer: Graph, program: TrainingProgram) -> int:
             out = program.shapes[layer.output]
             if layer.trainable:
                 positions = int(np.prod(out)) // layer.out_channels
-                exact = samples * n * positions * ga * _code_bound(integer, layer.input)
+                a = 1 if layer.xnor else _code_bound(integer, layer.input)  # sign: |a| = 1
+                exact = max(layer.samples, 1) * n * positions * ga * a
                 shift = layer.ga_exp + layer.x_exp - layer.gw_exp
                 worst = max(worst, exact << max(0, shift), 1 << (layer.gw_bits - 1))
             if not layer.propagate:
@@ -173,6 +176,7 @@ class TrainEmitter:
         self.info = analyse(integer)
         self.ctx = EmitContext(integer, self.info, name)
         self.edges = split_edges(integer)
+        self.node_ids = node_identifiers(self.edges.body)  # node name -> n<i>_<op>
         self.grad_bits = 32 if gradient_bound(integer, program) < INT32_LIMIT else 64
         self.ram: dict[str, int] = {}  # static arrays in RAM: name -> bytes
         self.layers = {layer.name: layer for layer in program.layers}
@@ -211,7 +215,7 @@ class TrainEmitter:
 
     def geometry(self, node: Node, fields: list[int]) -> str:
         """A qcc_conv constant for `node` (train_ops.window_geometry / gemm_geometry)."""
-        cname = f"geom_{c_identifier(node.name)}"
+        cname = f"geom_{self.node_ids[node.name]}"
         if cname not in self.declared:
             self.declared.add(cname)
             self.decl.line(f"static const qcc_conv {cname} = {{{', '.join(map(str, fields))}}};")
@@ -239,8 +243,18 @@ class TrainEmitter:
 
     def weights(self, node: Node) -> str:
         """The int32 weight codes of a layer: in RAM when trained, else constant."""
-        n = c_identifier(node.name)
+        n = self.node_ids[node.name]
         return self.array("int32_t", f"w_{n}", list(node.inputs[1].const.ravel()),
+                          const=node.name not in self.trained)
+
+    def sign_rows(self, node: Node) -> str:
+        """The ±1 weight rows of a layer with sign activations as packed sign bits
+        (binary.pack_signs, xnor.py's layout): in RAM, repacked after every update, when
+        trained, else constant."""
+        n = self.node_ids[node.name]
+        codes = node.inputs[1].const
+        words = pack_signs(codes.reshape(codes.shape[0], -1).astype(np.int64)).ravel()
+        return self.array("uint32_t", f"wb_{n}", [int(v) for v in words],
                           const=node.name not in self.trained)
 
     # -- forward -----------------------------------------------------------------------------
@@ -269,7 +283,7 @@ class TrainEmitter:
         last: dict[str, int] = {}
         for i, node in enumerate(body):
             if node.name not in self.trained:
-                self.ctx.functions[node.name] = f"n{i}_{c_identifier(node.name)}"
+                self.ctx.functions[node.name] = self.node_ids[node.name]
                 self.ctx.current = node.name
                 self.plans[node.name] = kernel_for(node).plan(node, self.ctx)
             for v in node.inputs:
@@ -328,7 +342,7 @@ class TrainEmitter:
 
     def trained_forward(self, w: CWriter, node: Node) -> None:
         """kernels.qconv / qgemm of a trained layer on the batch buffers (weights in RAM)."""
-        n = c_identifier(node.name)
+        n = self.node_ids[node.name]
         a = node.attrs
         layer = self.layers[node.name]
         x, y = node.inputs[0].name, node.outputs[0].name
@@ -343,10 +357,19 @@ class TrainEmitter:
         self.array("int32_t", f"shift_{n}", list(shift), const=True)
         zp, lo, hi = int(a.get("out_zero_point", 0)), int(a["out_lo"]), int(a["out_hi"])
         floor_ = max(lo, zp) if a.get("relu", 0) else lo
-        geom = training_lookup(node, "c_train").geometry(self, node)  # type: ignore[attr-defined]
         xs, ys = self.sizes[x], self.sizes[y]
-        w.line(f"qcc_conv_forward(&{geom}, 1, {self.wide(x)} + s * {xs}, {wb}, {bb}, mult_{n}, "
-               f"shift_{n}, {zp}, {floor_}, {hi}, {self.wide(y)} + s * {ys});")
+        if layer.xnor:  # XNOR-popcounts on the packed weight rows, then the requantization
+            xgeom = xnor_geometry(self, node)
+            patch = self.array("uint32_t", f"patch_{n}", None, 2 * xnor_words(node))
+            acc = self.array("int32_t", f"xacc_{n}", None, ys)
+            w.line(f"qcc_xnor_forward(&{xgeom}, 1, {self.wide(x)} + s * {xs}, "
+                   f"{self.sign_rows(node)}, {patch}, {acc});")
+            w.line(f"qcc_requantize_channels({acc}, 1, {m}, {ys // m}, {bb}, mult_{n}, "
+                   f"shift_{n}, {zp}, {floor_}, {hi}, {self.wide(y)} + s * {ys});")
+        else:
+            geom = training_lookup(node, "c_train").geometry(self, node)  # type: ignore
+            w.line(f"qcc_conv_forward(&{geom}, 1, {self.wide(x)} + s * {xs}, {wb}, {bb}, "
+                   f"mult_{n}, shift_{n}, {zp}, {floor_}, {hi}, {self.wide(y)} + s * {ys});")
         out_t = self.info[y].ctype
         with w.block(f"for (i = 0; i < {ys}; ++i)"):
             w.line(f"{self.typed(y)}[i] = ({out_t}){self.wide(y)}[s * {ys} + i];")
@@ -383,7 +406,7 @@ class TrainEmitter:
     def update(self, w: CWriter) -> None:
         lr = self.p.options.lr_exp
         for layer in self.p.trained:
-            n = c_identifier(layer.name)
+            n = self.node_ids[layer.name]
             size = int(np.prod(layer.weight_shape))
             ushift = lr + layer.gw_exp - layer.acc_exp
             if ushift < 0:
@@ -397,6 +420,10 @@ class TrainEmitter:
                 alpha = self.array("int32_t", f"aacc_{n}", list(layer.alpha_acc), const=True)
                 w.line(f"qcc_update_binary('{rule}', {size}, {size // layer.out_channels}, "
                        f"w_{n}, {acc}, gw_{n}, {ushift}, {alpha}, &rng, &clipped);")
+                if layer.xnor:
+                    node = self.g.node(layer.name)
+                    w.line(f"qcc_xnor_pack_weights(&{xnor_geometry(self, node)}, "
+                           f"{layer.out_channels}, w_{n}, {self.sign_rows(node)});")
             else:
                 w.line(f"qcc_update_fixed('{rule}', {size}, w_{n}, {acc}, gw_{n}, {ushift}, "
                        f"{layer.acc_bits}, {layer.w_lo}, {layer.w_hi}, &rng, &clipped);")
@@ -409,12 +436,12 @@ class TrainEmitter:
 
     def export(self, w: CWriter) -> None:
         for e in export_layout(self.p):
-            n = c_identifier(e.layer)
             if e.kind == "rng":
                 w.lines_of(["out[at++] = (int32_t)rng.seed;", "out[at++] = (int32_t)rng.counter;",
                             "out[at++] = (int32_t)steps;"])
                 continue
             prefix = {"weight": "w", "bias": "b", "acc": "acc", "bias_master": "bm"}[e.kind]
+            n = self.node_ids[e.layer]
             with w.block(f"for (i = 0; i < {e.size}; ++i)"):
                 w.line(f"out[at++] = {prefix}_{n}[i];")
 
@@ -463,7 +490,8 @@ def _header(name: str, upper: str, in_ctype: str, program: TrainingProgram,
             export_size: int) -> str:
     o = program.options
     w = CWriter()
-    ternary = f", {o.grad_ternary} ternarized gradient samples" if o.grad_ternary else ""
+    per_layer = ", ".join(f"{la.name} {la.samples}" for la in program.trained if la.samples)
+    ternary = f", ternarized gradient samples per layer: {per_layer}" if per_layer else ""
     w.comment(f"{name}_train.h: generated by qcc; do not edit.\n"
               f"The fixed-point train step of {name} (update {o.update}, learning rate "
               f"2^{o.lr_exp}, batch up to {o.batch}{ternary}): forward, softmax cross-entropy "
@@ -534,7 +562,7 @@ def _source(e: TrainEmitter, name: str, upper: str, fwd: CWriter, bwd: CWriter,
                 "static int32_t last_batch = 0;", ""])
     with w.block(f"int {name}_train_step(const {name}_train_input_t *x, "
                  "const int32_t *labels, int batch)"):
-        w.line("int32_t i, s;" + (" int32_t k;" if program.options.grad_ternary else ""))
+        w.line("int32_t i, s;" + (" int32_t k;" if program.options.ternary else ""))
         if e.memory.arena_size:
             w.line("uint8_t *const arena = (uint8_t *)f_arena;")
         with w.block("if (x == NULL || labels == NULL)"):
@@ -590,6 +618,7 @@ def write_train(outdir: Path, integer: Graph, program: TrainingProgram, state: T
         (outdir / rel).write_text(text)
     o = program.options
     summary = {"batch": o.batch, "update": o.update, "grad_ternary": o.grad_ternary,
+               "ternary_samples": {la.name: la.samples for la in program.trained if la.samples},
                "gradient_ctype": source.grad_ctype, "static_ram_bytes": source.ram_bytes,
                "files": sorted(source.files)}
     train_c = str(outdir / f"{c_identifier(name)}_train.c")

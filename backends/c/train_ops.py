@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from backends.c.emit import c_identifier
 from backends.c.writer import CWriter
 from passes.training_program import GradRep, LayerProgram
 from qcc.core.errors import QccError
@@ -57,6 +56,34 @@ def gemm_geometry(e: TrainEmitter, node: Node) -> list[int]:
             0 if node.attrs.get("transB", 0) else 1]
 
 
+def xnor_words(node: Node) -> int:
+    """uint32 words of one packed patch / weight row (taps of one group)."""
+    return -(-int(np.prod(node.inputs[1].const.shape[1:])) // 32)
+
+
+def xnor_geometry(e: TrainEmitter, node: Node) -> str:
+    """The qcc_xnor constant of a layer with sign activations: its window with every product
+    of two sizes precomputed (the kernels only add). Binary weights are stored output channel
+    first (passes/training_program.py), so row m is at m · taps."""
+    cname = f"xgeom_{e.node_ids[node.name]}"
+    if cname in e.declared:
+        return cname
+    if node.op_type == "QGemm":
+        c, h, wd, m, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, _ = gemm_geometry(e, node)
+    else:
+        c, h, wd, m, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, _ = window_geometry(
+            e, node, True)
+    cg, mg = c // groups, m // groups
+    taps = cg * kh * kw
+    words = xnor_words(node)
+    fields = [cg, h, wd, mg, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, taps, words,
+              h * wd, dh * wd, sh * wd, -ph * wd, cg * h * wd, oh * ow, mg * oh * ow,
+              mg * words, taps, 1, mg * taps, c * h * wd, m * oh * ow]
+    e.declared.add(cname)
+    e.decl.line(f"static const qcc_xnor {cname} = {{{', '.join(map(str, fields))}}};")
+    return cname
+
+
 class WeightedTrain:
     """QConv (any groups) / QGemm: train_step's weighted backward (vjps.WeightedVjp)."""
 
@@ -74,15 +101,17 @@ class WeightedTrain:
         """Mask, round and saturate G_A; G_W (exact, or from S ternarizations) rounded and
         saturated, the bias gradient; the input gradient."""
         layer = e.layers[node.name]
-        n = c_identifier(node.name)
-        geom = self.geometry(e, node)
+        n = e.node_ids[node.name]
         count = f"batch * {e.sizes[layer.output]}"
         if layer.relu:
             w.line(f"qcc_mask_grad({gy}, {count}, {e.wide(layer.output)}, 0);")
         w.line(f"qcc_round_gradient({gy}, {count}, {rep.exp}, {rep.divisor}, "
                f"{int(rep.per_batch)}, {layer.ga_exp}, batch, &rng);")
         w.line(f"qcc_saturate({gy}, {count}, {layer.ga_bits}, &clipped);")
-        samples = e.p.options.grad_ternary if layer.trainable else 0
+        if layer.xnor:
+            return self.xnor_backward(e, w, node, gy, count)
+        geom = self.geometry(e, node)
+        samples = layer.samples
         tern, scale = "0", "tbp_s" if samples else "1"  # how the input gradient reads G_A
         flow: Flow = []
         with w.block(""):
@@ -105,10 +134,67 @@ class WeightedTrain:
                 flow.append((node.inputs[0], dx, layer.dx_rep))
         return flow
 
+    def xnor_backward(self, e: TrainEmitter, w: CWriter, node: Node, gy: str,
+                      count: str) -> Flow:
+        """A layer with sign activations: G_W and the input gradient by the qcc_xnor kernels
+        (sign selects and additions only; the ternarizations drawn into int8 buffers first,
+        in the order vjps.WeightedVjp draws them), then the straight-through mask."""
+        layer = e.layers[node.name]
+        n = e.node_ids[node.name]
+        geom = xnor_geometry(e, node)
+        samples = layer.samples
+        t1 = e.array("int8_t", f"tern_{n}", None, e.N * e.sizes[layer.output]) if samples else "0"
+        patch = e.array("uint32_t", f"patch_{n}", None, 2 * xnor_words(node))
+        flow: Flow = []
+        with w.block(""):
+            if samples:
+                w.line(f"const int64_t tbp_s = qcc_absmax({gy}, {count});")
+            if layer.trainable:
+                size = int(np.prod(layer.weight_shape))
+                gw = e.array("qcc_grad", f"gw_{n}", None, size)
+                xb = e.wide(layer.input)
+                with w.block(f"for (i = 0; i < {size}; ++i)"):
+                    w.line(f"{gw}[i] = 0;")
+                if samples:
+                    w.comment(f"Banner et al. 2018, Algorithm 1: G_W = s/{samples} sum of "
+                              f"{samples} ternarizations of G_A times sign(A); sample 1 is kept "
+                              "for the input gradient")
+                    w.line(f"qcc_ternarize({gy}, {count}, tbp_s, &rng, {t1});")
+                    w.line(f"qcc_xnor_weight_grad(&{geom}, batch, {xb}, 0, {t1}, {patch}, {gw});")
+                    if samples > 1:
+                        tk = e.array("int8_t", f"ternk_{n}", None, e.N * e.sizes[layer.output])
+                        with w.block(f"for (k = 1; k < {samples}; ++k)"):
+                            w.line(f"qcc_ternarize({gy}, {count}, tbp_s, &rng, {tk});")
+                            w.line(f"qcc_xnor_weight_grad(&{geom}, batch, {xb}, 0, {tk}, "
+                                   f"{patch}, {gw});")
+                    w.line(f"qcc_scale({gw}, {size}, tbp_s);")
+                else:
+                    w.line(f"qcc_xnor_weight_grad(&{geom}, batch, {xb}, {gy}, 0, {patch}, {gw});")
+                self.finish_weight_gradient(e, w, layer, gy, count, samples)
+            if layer.propagate:
+                mult = e.array("int32_t", f"amult_{n}", list(layer.alpha_mult), const=True)
+                wbits = e.sign_rows(node)
+                dx = e.gradient_buffer(layer.input)
+                m = layer.out_channels
+                if samples:
+                    scaled = e.array("int64_t", f"ascale_{n}", None, m)
+                    w.line(f"qcc_channel_scale({m}, {mult}, tbp_s, {scaled});")
+                    w.line(f"qcc_xnor_input_grad(&{geom}, batch, 0, {t1}, {scaled}, {wbits}, "
+                           f"{dx});")
+                else:
+                    src = e.array("qcc_grad", f"gsrc_{n}", None, e.N * e.sizes[layer.output])
+                    w.line(f"qcc_channel_product({gy}, batch, {m}, "
+                           f"{e.sizes[layer.output] // m}, {mult}, {src});")
+                    w.line(f"qcc_xnor_input_grad(&{geom}, batch, {src}, 0, 0, {wbits}, {dx});")
+                w.line(f"qcc_ste_mask({dx}, batch * {e.sizes[layer.input]}, "
+                       f"{e.wide(layer.input)}, {layer.ste_lo}, {layer.ste_hi});")
+                flow.append((node.inputs[0], dx, layer.dx_rep))
+        return flow
+
     def weight_gradient(self, e: TrainEmitter, w: CWriter, geom: str, layer: LayerProgram,
                         ga: str, count: str, samples: int) -> None:
         """vjps.WeightedVjp._weight_gradient and the bias gradient sum (exact, int64)."""
-        n = c_identifier(layer.name)
+        n = e.node_ids[layer.name]
         size = int(np.prod(layer.weight_shape))
         gw = e.array("qcc_grad", f"gw_{n}", None, size)
         xb = e.wide(layer.input)
@@ -120,6 +206,14 @@ class WeightedTrain:
             w.line(f"qcc_scale({gw}, {size}, tbp_s);")
         else:
             w.line(f"qcc_conv_weight_grad(&{geom}, batch, {xb}, {ga}, 0, 0, {gw});")
+        self.finish_weight_gradient(e, w, layer, ga, count, samples)
+
+    def finish_weight_gradient(self, e: TrainEmitter, w: CWriter, layer: LayerProgram, ga: str,
+                               count: str, samples: int) -> None:
+        """G_W rounded to its step (divided by S) and saturated; the bias gradient sum."""
+        n = e.node_ids[layer.name]
+        size = int(np.prod(layer.weight_shape))
+        gw = f"gw_{n}"
         w.line(f"qcc_round_gradient({gw}, {size}, {layer.ga_exp + layer.x_exp}, "
                f"{max(samples, 1)}, 0, {layer.gw_exp}, 1, &rng);")
         w.line(f"qcc_saturate({gw}, {size}, {layer.gw_bits}, &clipped);")
@@ -241,7 +335,7 @@ class GatherTrain(MovedTrain):
         for k, (v, table) in enumerate(zip(node.inputs, self.maps(e, node))):
             if v is None or v.name not in e.p.reps:
                 continue
-            n = c_identifier(node.name)
+            n = e.node_ids[node.name]
             cmap = e.array("uint32_t", f"map{k}_{n}", table.tolist(), const=True)
             dx = e.gradient_buffer(v.name)
             w.line(f"qcc_gather_grad(batch, {table.size}, {e.sizes[y]}, {cmap}, {gy}, {dx});")

@@ -4,7 +4,7 @@ Importing the package registers its integer kernels with the op registry (qcc's 
 ops, and ONNX's QLinear / Integer ops bit-exact with onnxruntime); the driver does so.
 """
 
-from backends.numpy_int import kernels, qlinear  # noqa: F401  (registration is the import's job)
+from backends.numpy_int import kernels, qlinear, trunc  # noqa: F401  (registration is the import's job)
 from backends.numpy_int.interpreter import RunReport, run_integer
 
 __all__ = ["RunReport", "run_integer"]

@@ -29,6 +29,7 @@ from qcc.core.errors import QccError
 from qcc.core.ir import Node
 from qcc.core.layers import weight_rows
 from qcc.core.numerics.codes import storage_dtype
+from qcc.core.numerics.log_softmax import LogSoftmaxParams, integer_log_softmax_nd
 from qcc.core.numerics.rounding import round_half_away
 from qcc.core.numerics.softmax import SoftmaxTables, integer_softmax_nd
 from qcc.core.ops import nn
@@ -200,6 +201,18 @@ def qsoftmax(node: Node, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np
     return out.astype(storage_dtype(lo, hi))
 
 
+@int_kernel("QLogSoftmax")
+def qlog_softmax(node: Node, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """LogSoftmax of codes by exp tables and an integer log2 (qcc.core.numerics.log_softmax)."""
+    a = node.attrs
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    params = LogSoftmaxParams(low.astype(np.int64), high.astype(np.int64), int(a["diff_mult"]),
+                              int(a["log_mult"]), int(a["d_cap"]), int(a["out_zero_point"]), lo,
+                              hi)
+    out = integer_log_softmax_nd(x, params, int(a["axis"]), bool(a.get("flatten", 0)))
+    return out.astype(storage_dtype(lo, hi))
+
+
 def _bits_of(lo: int, hi: int) -> tuple[int, bool]:
     """(bits, signed) of the code range [lo, hi] of a two's complement or unsigned format."""
     return (hi - lo + 1).bit_length() - 1, lo < 0
@@ -248,6 +261,18 @@ def global_average_pool(node: Node, x: np.ndarray) -> np.ndarray:
     total = x.sum(axis=axes, keepdims=True, dtype=np.int64)
     counts = np.int64(np.prod([x.shape[i] for i in axes]))
     return divide_round(total, counts).astype(x.dtype)
+
+
+@int_kernel("QAveragePool")
+def qaverage_pool(node: Node, x: np.ndarray) -> np.ndarray:
+    """Exact window sums of x − x_zero_point (padding counts as real 0, i.e. the zero point),
+    requantized once to the output format (qcc.core.ops.integer: every window counts n taps,
+    which passes/quantize_graph checked and the multiplier includes)."""
+    win = nn.pool_window(node, x)
+    centred = x.astype(np.int64) - int(node.attrs.get("x_zero_point", 0))
+    xp = win.pad(centred)
+    total = sum(xp[(..., *sl)] for sl in win.taps())
+    return requantize(total, node)
 
 
 def divide_round(total: np.ndarray, count: np.ndarray | np.int64) -> np.ndarray:

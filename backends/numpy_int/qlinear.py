@@ -32,6 +32,8 @@ intermediate in float32's normal range, so the emulation needs no subnormal or i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -491,3 +493,74 @@ def qlinear_requantize(node: Node, x: np.ndarray, x_scale: np.ndarray,
         *_int_range(dtype), relu=bool(node.attrs.get("relu", 0)))
     count_overflow(node.outputs[0].name, saturated)
     return codes.astype(dtype)
+
+
+# -- QLinearSoftmax ------------------------------------------------------------------------------
+SOFTMAX_RESERVE = 5.0  # ORT's reserve_bit for its float table (EXP_OUT_DTYPE = float)
+
+
+def qlinear_softmax_table(x_scale: np.float32, reduce_len: int, signed: bool) -> np.ndarray:
+    """onnxruntime's QlinearBuildLookupTableUint32 (float table): entry i (i = 0..255) is
+    f32(exp((i − 255 + b) · x_scale)) with b = max(0, log(FLT_MAX / n) − 5) / x_scale, in
+    double as ORT computes it (FLT_MAX / n in float32), stored at index i − 128 (mod 256) for
+    int8 codes. Computed ahead of time (Python's math.exp is the platform's libm, as ORT's)."""
+    quotient = np.float32(np.finfo(np.float32).max) / np.float32(reduce_len)
+    bit_shift = max(0.0, math.log(float(quotient)) - SOFTMAX_RESERVE) / float(np.float32(x_scale))
+    table = np.empty(256, np.float32)
+    for i in range(256):
+        value = math.exp((float(i) - 255 + bit_shift) * float(np.float32(x_scale)))
+        table[(i - 128) & 0xFF if signed else i] = np.float32(value)
+    return table
+
+
+def qlinear_softmax_rows(codes: np.ndarray, table: np.ndarray, y_scale: np.float32,
+                         y_zero_point: int, signed: bool) -> I64:
+    """QlinearSoftmaxCPU on rows (N, D) of codes: per row, t = table shifted so the row's
+    maximum reads entry 255, vsum = Σ t in float32 in row order, y = rne(f32(t · ⌊1/y_scale⌋)
+    / vsum) + zy, clamped above to the type's maximum (y >= zy already). All float32 operations
+    emulated exactly (f32_*). Measured against onnxruntime 1.32: int8 results above 127
+    saturate (an older kernel wrapped them)."""
+    x = np.asarray(codes, np.int64)
+    if signed:
+        index = (127 - x.max(axis=1, keepdims=True) + x) & 0xFF
+    else:
+        index = 255 - x.max(axis=1, keepdims=True) + x
+    t = f32_split(table[index])
+    vsum = f32_split(np.zeros(len(x), np.float32))
+    for j in range(x.shape[1]):  # ORT's order: one float32 addition per element
+        vsum = f32_add(vsum, (t[0][:, j], t[1][:, j]))
+    scale = f32_split(np.floor(np.float32(1.0) / np.float32(y_scale)).astype(np.float32))
+    quotient = f32_div(f32_mul(t, scale), (vsum[0][:, None], vsum[1][:, None]))
+    return np.minimum(f32_rint(quotient) + y_zero_point, 127 if signed else 255)
+
+
+def softmax_rows(node: Node, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(axis, the permutation that moves it last) of a QLinearSoftmax: opset >= 13 softmaxes
+    along `axis` (ORT transposes it last), older opsets over the flattened dims from `axis`."""
+    axis = int(node.attrs.get("axis", -1 if int(node.attrs.get("opset", 13)) >= 13 else 1))
+    axis %= len(shape)
+    perm = tuple(i for i in range(len(shape)) if i != axis) + (axis,)
+    return axis, perm
+
+
+@int_kernel("QLinearSoftmax")
+def qlinear_softmax(node: Node, x: np.ndarray, x_scale: np.ndarray,
+                    x_zero_point: np.ndarray | None, y_scale: np.ndarray,
+                    y_zero_point: np.ndarray | None = None) -> np.ndarray:
+    """com.microsoft QLinearSoftmax as onnxruntime's CPU kernel computes it (the table of
+    `qlinear_softmax_table`, `qlinear_softmax_rows`)."""
+    dtype = _out_type(y_zero_point, x.dtype)
+    signed = np.dtype(x.dtype) == np.int8
+    axis, perm = softmax_rows(node, x.shape)
+    if int(node.attrs.get("opset", 13)) >= 13:
+        moved = np.transpose(x, perm)
+        rows = moved.reshape(-1, x.shape[axis])
+    else:
+        moved, rows = x, x.reshape(int(np.prod(x.shape[:axis])), -1)
+    table = qlinear_softmax_table(np.float32(x_scale.reshape(())), rows.shape[1], signed)
+    zy = int(_zero_point(y_zero_point).reshape(()))
+    out = qlinear_softmax_rows(rows, table, np.float32(y_scale.reshape(())), zy, signed)
+    out = out.reshape(moved.shape)
+    if int(node.attrs.get("opset", 13)) >= 13:
+        out = np.transpose(out, np.argsort(perm))
+    return out.astype(dtype)

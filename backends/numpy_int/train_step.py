@@ -33,6 +33,10 @@ A step on x (N <= the compiled batch samples), labels y, learning rate 2^lr_exp:
        bits; the bias gradient is Σ of G_A(l) over the batch and positions (exact).
      If the gradient flows on: dA_l = W_lᵀ G_A(l) exactly (with TBP: W_lᵀ (s · t_1)), step
      2^(ga_exp + w_exp); binary weights: W_lᵀ (G_A · alpha_mult_c), step 2^(ga_exp - alpha_shift).
+     S is the layer's own (LayerProgram.samples: --grad-ternary S, or per layer with auto).
+     Sign activations (layer.xnor): A_l = sign(x) ∈ {−1, +1} at step 2^0 in G_W, and dA_l is
+     zeroed where the input code x is not strictly inside (ste_lo, ste_hi) (the
+     straight-through estimator, passes/training_program.py).
    - MaxPool / GlobalMaxPool route each output's gradient to the first maximum of its window;
      Relu masks by input > 0; Flatten, Reshape, ... move it; Requantize and QAdd pass it
      unchanged (the gradient is of the real value) after their fused ReLU's mask (output >
@@ -199,12 +203,14 @@ def check_lr(program: TrainingProgram, lr_exp: int) -> None:
 
 # -- backward -------------------------------------------------------------------------------
 def backward(program: TrainingProgram, integer: Graph, env: dict[str, np.ndarray],
-             seed: Grad, batch: int, rng: RngState, clipped: dict[str, int]
+             seed: Grad, batch: int, rng: RngState, clipped: dict[str, int],
+             operands: dict[str, tuple[I64, I64]] | None = None
              ) -> tuple[dict[str, tuple[I64, I64 | None]], RngState]:
     """Step 3: {trained layer: (G_W codes, bias gradient sum)} and the advanced PRNG. Each node
-    runs its op's registered integer backward (training/vjps.py)."""
+    runs its op's registered integer backward (training/vjps.py). `operands`, when given,
+    receives each trained layer's (G_A codes, the activations its dot products read)."""
     pending: dict[str, Grad] = {program.logits: seed}
-    step = Backward(program, env, batch, rng, clipped)
+    step = Backward(program, env, batch, rng, clipped, record=operands is not None)
     for name in program.backward_nodes:
         node = integer.node(name)
         grad = pending.pop(node.outputs[0].name)
@@ -212,6 +218,8 @@ def backward(program: TrainingProgram, integer: Graph, env: dict[str, np.ndarray
         for value, (codes, rep) in vjp(step, node, grad):  # type: ignore[operator]
             if value is not None and value.name in program.reps:
                 _accumulate(pending, value.name, codes, rep)
+    if operands is not None:
+        operands.update(step.operands)
     return step.results, step.rng
 
 

@@ -60,6 +60,12 @@ def xnor_matmul(a: U32, w: U32, valid: U32) -> I64:
     return out
 
 
+def sign_codes(x: np.ndarray, zero_point: int = 0) -> I64:
+    """a = sign(x − zero_point) ∈ {−1, +1} as int64, sign(0) = +1: the activations a layer with
+    dot = "xnor" multiplies (what training's backward reads)."""
+    return np.where(x.astype(np.int64) >= zero_point, 1, -1).astype(np.int64)
+
+
 def _signs(node: Node, x: np.ndarray) -> NDArray[np.bool_]:
     """True where sign(x − zx) = +1 (sign(0) = +1)."""
     return x.astype(np.int64) >= int(node.attrs.get("x_zero_point", 0))

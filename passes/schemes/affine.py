@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from passes.calibrate import TensorStats
-from passes.schemes import CodeFormat, Scheme, register_scheme
+from passes.schemes.base import CodeFormat, Scheme, register_scheme
 from qcc.core.numerics.affine import choose_qparams
 from qcc.core.numerics.rounding import int_range, round_half_away
 from qcc.core.quant_spec import QuantSpec
@@ -38,8 +38,11 @@ class AffineScheme(Scheme):
         lo, hi = int_range(bits, signed=False)
         return CodeFormat(float(params.scale), params.zero_point, lo, hi, params.to_spec())
 
-    def weight(self, w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, CodeFormat]:
+    def weight(self, w: np.ndarray, bits: int, axis: int,
+               min_scale: np.ndarray | None = None) -> tuple[np.ndarray, CodeFormat]:
         scales = channel_scales(w, bits, axis)
+        if min_scale is not None:
+            scales = np.maximum(scales, min_scale)
         shape = [1] * w.ndim
         shape[axis] = -1
         qmax = (1 << (bits - 1)) - 1
@@ -55,13 +58,18 @@ class AffineScheme(Scheme):
 DEAD_CHANNEL = 2.0 ** -24
 
 
+def channel_absmax(w: np.ndarray, axis: int) -> np.ndarray:
+    """max|w_c| for each index c of `axis`, as float64."""
+    others = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    absmax = np.abs(np.asarray(w, dtype=np.float64)).max(axis=others) if others else np.abs(w)
+    return np.atleast_1d(absmax).astype(np.float64)
+
+
 def channel_scales(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
     """max|w_c| / (2^(B−1) − 1) per index c of `axis`; an all-zero (or dead, DEAD_CHANNEL)
     channel borrows the largest scale (its codes are 0 whatever the scale, and the bias and
     requantization ratios stay representable)."""
-    others = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
-    absmax = np.abs(np.asarray(w, dtype=np.float64)).max(axis=others) if others else np.abs(w)
     qmax = (1 << (bits - 1)) - 1
-    scales = np.atleast_1d(absmax / qmax).astype(np.float64)
+    scales = channel_absmax(w, axis) / qmax
     fallback = scales.max() if np.any(scales > 0) else 1.0
     return np.where(scales > fallback * DEAD_CHANNEL, scales, fallback)

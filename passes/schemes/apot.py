@@ -38,7 +38,7 @@ import dataclasses
 import numpy as np
 
 from passes.calibrate import TensorStats
-from passes.schemes import CodeFormat, Scheme, register_scheme
+from passes.schemes.base import CodeFormat, Scheme, register_scheme
 from qcc.core.errors import QccError
 from qcc.core.numerics import apot
 
@@ -118,7 +118,10 @@ class _LevelScheme(Scheme):
     def activation(self, stats: TensorStats, bits: int) -> CodeFormat:
         return activation_format(stats, bits)
 
-    def weight(self, w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, CodeFormat]:
+    def weight(self, w: np.ndarray, bits: int, axis: int,
+               min_scale: np.ndarray | None = None) -> tuple[np.ndarray, CodeFormat]:
+        # min_scale is not applied: the levels follow α (eq. 5), so a larger scale would be a
+        # different clipping; a bias beyond int32 is reported by the rewrite's bias check
         q = quantize_layer(w, self.weight_format(bits), axis)
         fmt = level_code_format(q.fmt, q.alpha, tuple(float(s) for s in q.scales))
         return q.levels, fmt

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from passes.calibrate import TensorStats
-from passes.schemes import CodeFormat, Scheme, register_scheme
+from passes.schemes.base import CodeFormat, Scheme, register_scheme
 from passes.schemes.fixed import FixedScheme
 from qcc.core.numerics import binary
 from qcc.core.quant_spec import QuantSpec
@@ -56,10 +56,13 @@ class _WeightOnlyScheme(Scheme):
 class BinaryScheme(_WeightOnlyScheme):
     name = "binary"
 
-    def weight(self, w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, CodeFormat]:
+    def weight(self, w: np.ndarray, bits: int, axis: int,
+               min_scale: np.ndarray | None = None) -> tuple[np.ndarray, CodeFormat]:
         codes, alpha = binary.binarize(w, axis)
         scales = np.maximum(alpha.ravel(), np.finfo(np.float32).tiny)  # an all-zero channel
         spec = QuantSpec(format="binary", bits=1, signed=True, scale=float(scales.mean()))
+        if min_scale is not None:  # ±1 codes do not depend on α
+            scales = np.maximum(scales, min_scale)
         return codes, CodeFormat(tuple(float(s) for s in scales), 0, -1, 1, spec, (-1, 1))
 
 
@@ -67,7 +70,10 @@ class BinaryScheme(_WeightOnlyScheme):
 class TernaryScheme(_WeightOnlyScheme):
     name = "ternary"
 
-    def weight(self, w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, CodeFormat]:
+    def weight(self, w: np.ndarray, bits: int, axis: int,
+               min_scale: np.ndarray | None = None) -> tuple[np.ndarray, CodeFormat]:
         codes, alpha = ternarize_channels(w, axis)
         spec = QuantSpec(format="ternary", bits=2, signed=True, scale=float(alpha.mean()))
+        if min_scale is not None:  # {-1, 0, 1} codes do not depend on α
+            alpha = np.maximum(alpha, min_scale)
         return codes, CodeFormat(tuple(float(a) for a in alpha), 0, -1, 1, spec, None)

@@ -53,6 +53,7 @@ from qcc.core.errors import QccError
 from qcc.core.float_exec import Schedule
 from qcc.core.ir import Graph
 from qcc.core.layers import WeightedLayer, weighted_layers
+from qcc.core.registry import registered
 
 
 @dataclass
@@ -188,8 +189,11 @@ def trainable_parameters(graph: Graph) -> list[str]:
     for layer in weighted_layers(graph):
         names += [layer.weight] + ([layer.bias] if layer.bias else [])
     for node in graph.nodes:
-        if node.op_type == "BatchNormalization":
-            names += [v.name for v in node.inputs[1:3] if v is not None and v.is_const]
+        entry = registered(node.op_type)
+        for i in entry.trained_inputs if entry is not None else ():
+            v = node.input(i)
+            if v is not None and v.is_const:
+                names.append(v.name)
     return list(dict.fromkeys(n for n in names
                               if np.issubdtype(graph.values[n].const.dtype, np.floating)))
 

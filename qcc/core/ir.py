@@ -9,6 +9,7 @@ only as a derived view for ordering and liveness.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,32 @@ class Graph:
         self.outputs: list[Value] = []
         self.history: list[str] = []  # one line per pass that changed the graph
         self._next_suffix = 0  # a plain int, so a Graph deep-copies
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Graph:
+        """A deep copy that never recurses along producer / consumer links: every value and
+        node is copied shallowly and registered first, then their fields are filled in, so the
+        depth stays constant however long the graph (copy.deepcopy's default follows the
+        links node by node and overflows Python's stack on a few hundred nodes)."""
+        values = [*self.values.values(), *(v for n in self.nodes for v in n.inputs + n.outputs
+                                          if v is not None)]
+        for item in [*values, *self.nodes]:
+            if id(item) not in memo:
+                memo[id(item)] = copy.copy(item)
+        for v in values:
+            twin = memo[id(v)]
+            twin.const = copy.deepcopy(v.const, memo)
+            twin.quant = copy.deepcopy(v.quant, memo)
+            twin.producer = memo.get(id(v.producer)) if v.producer is not None else None
+            twin.consumers = [memo[id(c)] for c in v.consumers if id(c) in memo]
+        for n in self.nodes:
+            twin = memo[id(n)]
+            twin.inputs = [None if v is None else memo[id(v)] for v in n.inputs]
+            twin.outputs = [memo[id(v)] for v in n.outputs]
+            twin.attrs = copy.deepcopy(n.attrs, memo)
+        graph = Graph.__new__(Graph)
+        memo[id(self)] = graph
+        graph.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return graph
 
     # -- construction -------------------------------------------------------------------
     def add_value(self, value: Value) -> Value:

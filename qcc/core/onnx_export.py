@@ -79,7 +79,10 @@ def _format_words(spec: QuantSpec) -> str:
     words = [{"fixed": "fixed point", "affine": "affine", "apot": "APoT", "pot": "power of two",
               "binary": "binary", "ternary": "ternary", "float": "float"}[spec.format],
              f"{spec.bits} bits", "signed" if spec.signed else "unsigned"]
-    if spec.format == "fixed" and spec.pdr:
+    if spec.format == "fixed" and "pdrs" in spec.extra:
+        pdrs = spec.extra["pdrs"]
+        words += [f"range {min(pdrs):g} to {max(pdrs):g} per channel"]
+    elif spec.format == "fixed" and spec.pdr:
         words += [f"range {spec.pdr:g}", f"step {spec.step:g}"]
     for label, value in (("scale", spec.scale), ("zero point", spec.zero_point),
                          ("k", spec.k), ("alpha", spec.alpha), ("gamma", spec.gamma)):

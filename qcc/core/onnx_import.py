@@ -35,7 +35,8 @@ NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnif
 # onnxruntime contrib ops (domain com.microsoft, in its QOperator models) -> the qcc op with the
 # same inputs and semantics (backends/numpy_int/qlinear.py)
 ORT_CONTRIB_OPS = {"QGemm": "QLinearGemm", "QLinearAdd": "QLinearAdd",
-                   "QLinearGlobalAveragePool": "QLinearGlobalAveragePool"}
+                   "QLinearGlobalAveragePool": "QLinearGlobalAveragePool",
+                   "QLinearSoftmax": "QLinearSoftmax"}
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

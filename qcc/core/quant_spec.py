@@ -19,7 +19,8 @@ class QuantSpec:
     """Format, bit width, signedness and the format's own parameters.
 
     fixed:  `pdr` is the power-of-two range r, so the step is r * 2^-(bits-1) when signed
-            (seeds/001 §2.1) and r * 2^-bits when unsigned.
+            (seeds/001 §2.1) and r * 2^-bits when unsigned; per-channel weights carry
+            extra["pdrs"] (one r per index of extra["axis"]) and `pdr` is their largest.
     affine: `scale` and `zero_point` (seeds/000 §B).
     apot / pot: `k`, `alpha` (clipping scale), `gamma` (seeds/004 eq. 5-6).
     binary / ternary: `scale` is α.
@@ -53,6 +54,9 @@ class QuantSpec:
         if self.format == "fixed":
             sign = "" if self.signed else "u"
             r = f"(r=2^{int(math.log2(self.pdr))})" if self.pdr else ""
+            if "pdrs" in self.extra:  # one range per output channel
+                exps = [int(math.log2(p)) for p in self.extra["pdrs"]]
+                r = f"(r=2^{min(exps)}..2^{max(exps)})"
             return f"fx{self.bits}{sign}{r}"
         if self.format == "affine":
             sign = "s" if self.signed else "u"

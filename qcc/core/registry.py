@@ -64,6 +64,9 @@ class OpDef:
     moves_codes: bool = False
     # "quantize": float -> codes at a graph input; "dequantize": codes -> float at an output
     float_edge: str | None = None
+    # input indices holding parameters that float training updates besides the weighted
+    # layers' weights and biases (BatchNormalization's scale and shift)
+    trained_inputs: tuple[int, ...] = ()
     # the ONNX domains a node of this op may carry (QONNX's quantizers: QONNX_DOMAINS)
     domains: tuple[str, ...] = ("", "ai.onnx")
 
@@ -159,7 +162,6 @@ def training_entry(role: str, *op_types: str) -> Callable[[object], object]:
 def training_lookup(node: Node, role: str) -> object:
     """The training entry `role` of `node`'s op, or one UnsupportedOpError naming the op, the
     node and the ops that have one."""
-    _load_ops()
     found = getattr(OPS.get(node.op_type), role, None)
     if found is None:
         known = sorted(op for op, d in OPS.items() if getattr(d, role) is not None)
@@ -179,19 +181,16 @@ def declare(op_type: str, **properties: object) -> None:
 
 def supported_ops() -> list[str]:
     """Op types with a float reference kernel, sorted."""
-    _load_ops()
     return sorted(op for op, d in OPS.items() if d.kernel is not None)
 
 
 def registered(op_type: str) -> OpDef | None:
     """The registry entry of `op_type` if any (no domain check: shape inference, emitters)."""
-    _load_ops()
     return OPS.get(op_type)
 
 
 def lookup(node: Node) -> OpDef:
     """The registry entry for `node`, or one UnsupportedOpError naming the op and node."""
-    _load_ops()
     entry = OPS.get(node.op_type)
     if node.domain == QCC_DOMAIN and entry is not None and entry.int_kernel is not None:
         return entry
@@ -201,9 +200,3 @@ def lookup(node: Node) -> OpDef:
             f"unsupported op {op} (node {node.name!r}); qcc supports: {', '.join(supported_ops())}"
         )
     return entry
-
-
-def _load_ops() -> None:
-    # Core's op definitions fill the registry on first use; backends add their kernels when
-    # the driver imports them (core never imports a backend).
-    import qcc.core.ops  # noqa: F401  (a lazy import: qcc.core.ops itself imports this module)

@@ -191,10 +191,12 @@ def _training_options(fn: Any) -> Any:
                           f"sr (stochastic rounding), r (rounding) ({cite('li2017', 'eq. 3-7')})."),
         click.option("--lr", "train_lr", default="2^-4", show_default=True, metavar="2^-K",
                      help="--train: learning rate, a power of two (the update is a shift)."),
-        click.option("--grad-ternary", type=int, default=0, show_default=True, metavar="S",
+        click.option("--grad-ternary", default="0", show_default=True, metavar="S|auto[:N]",
                      help="--train: weight gradients from S stochastic ternarizations of the "
                           f"back-propagated gradients ({cite('banner2018', 'Algorithm 1')}); "
-                          "0: off."),
+                          "0: off; auto: per layer the smallest S (at most N, default 64) "
+                          "whose averaged ternarized weight gradient keeps R >= 0.7 with the "
+                          "exact one, measured on --train-data."),
         click.option("--trainable", default=None, metavar="LAYER,...",
                      help="--train: train only these layers (default: all weighted layers)."),
         click.option("--train-batch", type=int, default=32, show_default=True,
@@ -263,11 +265,14 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
         raise QccError(f"--bits must be a number from 1 to 16 or 'auto', got {bits!r}")
     check_output_dir(outdir, force)  # refuse before minutes of work, not after
     options = _train_options(training)
+    if options is not None and options.grad_ternary_auto and train_data is None:
+        raise QccError(AUTO_NEEDS_DATA)  # refused before the compile, not after
     if options is not None and lr_min is None:  # eq. 4: the accumulators resolve the lr
         lr_min = 2.0 ** options.lr_exp
     compiled = compile_model(model, bits if bits == "auto" else check_bits(int(bits)), scheme,
                              calib, overrides, train_data, pm_target, lr_min,
-                             binary_activations, _bytes(flash_budget), _bytes(ram_budget))
+                             binary_activations, _bytes(flash_budget), _bytes(ram_budget),
+                             for_training=options is not None)
     if options is not None:
         from qcc.driver.pipeline import attach_training
         attach_training(compiled, options, calib, train_data)
@@ -283,12 +288,19 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
         from backends.c import summary_lines
         click.echo("\n".join(summary_lines(c_summary)))
     if options is not None:
+        ternary = ("auto" if options.grad_ternary_auto else options.grad_ternary) or "off"
+        for line in compiled.training.samples_lines():
+            click.echo(line)
         click.echo(f"training: update {options.update}, lr 2^{options.lr_exp}, batch "
-                   f"{options.batch}, grad-ternary {options.grad_ternary or 'off'}, trainable "
+                   f"{options.batch}, grad-ternary {ternary}, trainable "
                    f"{', '.join(la.name for la in compiled.training.program.trained)}; run "
                    f"`qcc train {outdir} --data DATA.npz --steps N`")
     click.echo(f"wrote {outdir}")
     click.echo(_report_hint(outdir))
+
+
+AUTO_NEEDS_DATA = ("--grad-ternary auto measures the ternarization on labelled training data: "
+                   "give --train-data DATA.npz (keys x and y)")
 
 
 def _bytes(text: str | None) -> int | None:
@@ -301,12 +313,13 @@ def _bytes(text: str | None) -> int | None:
 def _train_options(kw: dict[str, Any]) -> Any:
     """TrainOptions from the --train options, or None without --train."""
     from passes.training_program import TrainOptions
-    from qcc.driver.train_outdir import parse_lr, parse_trainable
+    from qcc.driver.train_outdir import parse_grad_ternary, parse_lr, parse_trainable
 
     if not kw["train"]:
         return None
+    samples, auto_max = parse_grad_ternary(kw["grad_ternary"])
     return TrainOptions(update=kw["update"], lr_exp=parse_lr(kw["train_lr"]),
-                        grad_ternary=kw["grad_ternary"],
+                        grad_ternary=samples, grad_ternary_auto=auto_max,
                         trainable=parse_trainable(kw["trainable"]), batch=kw["train_batch"])
 
 
@@ -466,13 +479,21 @@ def _pct(value: float | None) -> str:
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Labelled data (.npz with keys x and y).")
-def evaluate(outdir: Path, data: Path) -> None:
+@click.option("--mcu-layers", is_flag=True,
+              help="Also run the C library (--target c) on QEMU's Cortex-M4 on the first 4 "
+                   "samples and measure instructions per layer (OUTDIR/mcu_layers.json, shown "
+                   "by `qcc report`).")
+def evaluate(outdir: Path, data: Path, mcu_layers: bool) -> None:
     """Accuracy of a compiled OUTDIR against its float reference, p_m and saturation counts."""
     from qcc.driver.evaluate import evaluate_outdir
     from qcc.driver.pipeline import load_data, load_outdir
 
     loaded = load_outdir(outdir)
     x, y = load_data(data, loaded.reference, "evaluation data", need_labels=True)
+    if mcu_layers:
+        from qcc.driver.mcu_profile import check_measurable
+
+        check_measurable(outdir)
     result = evaluate_outdir(loaded, x, y)
     table = Table(title=f"{outdir} on {len(x)} samples")
     for col in ("metric", "value"):
@@ -489,6 +510,15 @@ def evaluate(outdir: Path, data: Path) -> None:
     from qcc.driver.report import write_evaluation
 
     click.echo(write_evaluation(outdir, data, len(x), result))
+    if mcu_layers:
+        from qcc.driver.mcu_profile import measure_layers, write_layers
+
+        record = measure_layers(outdir, loaded, x)
+        for layer in record["layers"]:
+            click.echo(f"  {layer['name']}: {layer['instructions']:,} instructions")
+        click.echo(f"Cortex-M4 (QEMU, -icount): {record['infer_instructions']:,} instructions "
+                   f"per inference instrumented, {record['shipped_infer_instructions']:,} as "
+                   f"shipped; wrote {write_layers(outdir, record)}")
     click.echo(_report_hint(outdir))
 
 

@@ -4,6 +4,11 @@
                    ->  quantize_graph  ->  write OUTDIR (model.qcc.onnx, reference.onnx,
                                                         precision.json)
 
+A model trained by `qcc qat` carries its α history in its metadata (key `qcc.qat`); compile
+copies it into OUTDIR/qat.json unchanged (the `QatRun.summary()` of qcc/driver/qat.py: options,
+per-epoch loss and accuracy, α per layer and role before training and after every epoch, the
+quantizers), which `qcc report` draws as α per layer over training.
+
 The output folder is written to a temporary name and renamed into place only when everything
 succeeded, so a failed compile never leaves a half-written OUTDIR.
 """
@@ -40,6 +45,8 @@ REFERENCE_MODEL = "reference.onnx"
 PRE_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                      "ConvInteger", "MatMulInteger", "QLinearGemm", "QLinearAdd"}
 PRECISION_FILE = "precision.json"
+QAT_HISTORY_FILE = "qat.json"  # a QAT model's training record (metadata key QAT_METADATA_KEY)
+QAT_METADATA_KEY = "qcc.qat"  # written by `qcc qat` (qcc/driver/qat.py)
 EXPECTED_CODES = "sample_expected.i32"  # interpreter output codes of sample_input.f32
 DEFAULT_PM_TARGET = 0.01  # --bits auto without --pm-target
 DEFAULT_CALIBRATION = 256  # samples of N(0, 1) noise when no --calib file is given
@@ -57,6 +64,7 @@ class Compiled:
     precision: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # lines for stderr
     training: Any = None  # --train: qcc.driver.train_outdir.Training
+    qat_history: dict | None = None  # a `qcc qat` model's record (OUTDIR/qat.json)
 
 
 def load_data(path: Path | None, graph: Graph, what: str, need_labels: bool = False
@@ -162,11 +170,12 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
                   overrides: Path | None = None, train_data: Path | None = None,
                   pm_target: float | None = None, lr_min: float | None = None,
                   binary_activations: bool = False, flash_budget: int | None = None,
-                  ram_budget: int | None = None) -> Compiled:
+                  ram_budget: int | None = None, for_training: bool = False) -> Compiled:
     """Import, fold, calibrate and quantize MODEL: every tensor at `bits` bits, or with
     bits == "auto" by the seeds/001 methodology (passes/annotate_precision.py). `pm_target`
     None: 1 %, certified as far as the held-out samples allow (an explicit target they cannot
-    certify is an error); the budgets (bytes) apply to --bits auto only."""
+    certify is an error); the budgets (bytes) apply to --bits auto only. `for_training`: the
+    graph will run the training step (--train; QuantConfig.for_training)."""
     get_scheme(scheme)
     if bits != "auto":
         check_bits(bits)
@@ -180,7 +189,9 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
         if bits == "auto":
             raise QccError("the model carries its own quantizers (QONNX Quant / qcc APoTQuant): "
                            "their trained widths are kept, --bits auto does not apply")
-        return _compile_trained_quantizers(imported, calib)
+        compiled = _compile_trained_quantizers(imported, calib)
+        compiled.qat_history = read_qat_history(model, compiled.notes)
+        return compiled
     graph = run_passes(imported, ["fold_batchnorm"])
     if not weighted_nodes(graph):
         raise QccError("the model has no weighted layer (Conv, Gemm or MatMul with constant "
@@ -195,11 +206,12 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     check_weights(graph)
     if bits == "auto":
         return _compile_auto(graph, x, scheme, overrides, train_data, pm_target, lr_min, notes,
-                             MemoryBudget(flash_budget, ram_budget))
+                             MemoryBudget(flash_budget, ram_budget), for_training)
     if flash_budget is not None or ram_budget is not None:
         raise QccError("--flash-budget and --ram-budget choose widths: they need --bits auto")
     stats = check_stats(calibrate(graph, x))
-    config = QuantConfig(scheme=scheme, default_bits=bits, output_bits=max(bits, 16))
+    config = QuantConfig(scheme=scheme, default_bits=bits, output_bits=max(bits, 16),
+                         for_training=for_training)
     if binary_activations:  # sign activations everywhere but the first layer (the raw input)
         if scheme != "binary":
             raise QccError("--binary-activations needs --scheme binary (±1 weights)")
@@ -255,9 +267,31 @@ def _compile_trained_quantizers(graph: Graph, calib: Path | None) -> Compiled:
         x, _ = load_data(calib, graph, "calibration data")
     folded = fold_quantizers(graph, x)
     integer = quantize_graph(folded.plain, folded.stats, folded.config)
+    by_name = {n.name: n for n in integer.nodes}
+    for layer in folded.layers:  # the input format the integer layer reads, as fixed-bits has
+        node = by_name.get(layer["name"])
+        layer["activation_format"] = str(node.inputs[0].quant) if node is not None else None
     report = {"mode": "trained quantizers", "scheme": folded.config.scheme,
               "layers": folded.layers}
     return Compiled(folded.reference, integer, folded.config, folded.stats, report, notes)
+
+
+def read_qat_history(model: Path, notes: list[str]) -> dict | None:
+    """The `qcc qat` record in MODEL's metadata (None for a model trained elsewhere, e.g. a
+    Brevitas QONNX export); a record that is not a JSON object is left out with a note."""
+    proto = onnx.load(str(model), load_external_data=False)
+    text = next((p.value for p in proto.metadata_props if p.key == QAT_METADATA_KEY), None)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("alpha"), dict):
+        notes.append(f"the model's metadata {QAT_METADATA_KEY!r} is not a qcc qat record; "
+                     f"no {QAT_HISTORY_FILE} written")
+        return None
+    return record
 
 
 def _compile_prequantized(graph: Graph) -> Compiled:
@@ -282,7 +316,7 @@ def _compile_prequantized(graph: Graph) -> Compiled:
 
 def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | None,
                   train_data: Path | None, pm_target: float | None, lr_min: float | None,
-                  notes: list[str], budget: MemoryBudget) -> Compiled:
+                  notes: list[str], budget: MemoryBudget, for_training: bool) -> Compiled:
     from passes.annotate_precision import annotate_precision
 
     if overrides is not None:
@@ -296,7 +330,7 @@ def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | No
     result = annotate_precision(graph, x, integer_decisions,
                                 DEFAULT_PM_TARGET if pm_target is None else pm_target, train_x,
                                 train_y, lr_min, scheme, strict_target=pm_target is not None,
-                                budget=budget, memory=c_memory)
+                                budget=budget, memory=c_memory, for_training=for_training)
     return Compiled(graph, result.integer, result.config, result.stats, result.report, notes)
 
 
@@ -339,6 +373,9 @@ def write_outdir(compiled: Compiled, outdir: Path, target: str = "numpy", name: 
         onnx.save(export_model(compiled.integer), tmp / INTEGER_MODEL)
         onnx.save(export_model(compiled.reference), tmp / REFERENCE_MODEL)
         (tmp / PRECISION_FILE).write_text(json.dumps(compiled.precision, indent=2) + "\n")
+        if compiled.qat_history is not None:
+            (tmp / QAT_HISTORY_FILE).write_text(json.dumps(compiled.qat_history, indent=1)
+                                                + "\n")
         if compiled.training is not None:  # --train: training.json, train_state.npz
             from qcc.driver.train_outdir import write_training
 

@@ -8,8 +8,10 @@ inline SVG, no external address) shows what OUTDIR records and nothing else:
 - the precision of every layer (seeds/001 Fig. 2: B_W, B_A, B_GW, B_GA, B_acc), the B_min sweep
   (p_m against B_min, eq. 1), p_m at C_o - 1, C_o, C_o + 1 and the costs of §2.2 (precision.json);
 - with --target c (summary.json): flash per layer (weights and code, from an arm-none-eabi-gcc
-  build of the emitted source), the arena plan as a timeline (backends/c/memory_plan.py);
-- training history (training.json), α per layer over training when the history records it.
+  build of the emitted source), the arena plan as a timeline (backends/c/memory_plan.py), and
+  Cortex-M4 instructions per layer when `qcc eval --mcu-layers` measured them (mcu_layers.json);
+- training history (training.json); for a model trained by `qcc qat`, α per layer over
+  training (qat.json, copied by compile from the model's metadata).
 
 Every number printed from a JSON file carries `data-src="<file>:<JSON pointer>"` and its exact
 value in `data-value`, so a test (or a reader) can check the page against the files.
@@ -36,7 +38,8 @@ from qcc.core.errors import QccError
 from qcc.core.ir import Value
 from qcc.driver import report_charts as charts
 from qcc.driver.io import atomic_file
-from qcc.driver.pipeline import INTEGER_MODEL, Loaded, load_outdir
+from qcc.driver.mcu_profile import MCU_LAYERS_FILE
+from qcc.driver.pipeline import INTEGER_MODEL, QAT_HISTORY_FILE, Loaded, load_outdir
 
 REPORT_FILE = "report.html"
 EVAL_FILE = "eval.json"  # written by `qcc eval`
@@ -78,17 +81,24 @@ class Facts:
     precision: dict
     summary: dict | None
     training: dict | None
+    qat: dict | None  # qat.json: the `qcc qat` record of a QAT model
     evaluation: dict | None
     stale_evaluation: bool  # eval.json measured an earlier model.qcc.onnx (trained since)
+    mcu_layers: dict | None  # mcu_layers.json of `qcc eval --mcu-layers`, if of this model
 
 
 def read_facts(outdir: Path) -> Facts:
     outdir = Path(outdir)
     loaded = load_outdir(outdir)
+    digest = _model_digest(outdir)
     evaluation = _optional_json(outdir / EVAL_FILE)
-    stale = evaluation is not None and evaluation.get("model_sha256") != _model_digest(outdir)
+    stale = evaluation is not None and evaluation.get("model_sha256") != digest
+    mcu_layers = _optional_json(outdir / MCU_LAYERS_FILE)
+    if mcu_layers is not None and mcu_layers.get("model_sha256") != digest:
+        mcu_layers = None  # measured an earlier model.qcc.onnx
     return Facts(outdir, loaded, loaded.precision, _optional_json(outdir / SUMMARY_FILE),
-                 _optional_json(outdir / TRAINING_FILE), None if stale else evaluation, stale)
+                 _optional_json(outdir / TRAINING_FILE), _optional_json(outdir / QAT_HISTORY_FILE),
+                 None if stale else evaluation, stale, mcu_layers)
 
 
 def _optional_json(path: Path) -> dict | None:
@@ -310,15 +320,33 @@ def _section_sizes(source: Path, extra: tuple[str, ...]) -> dict[str, int]:
 
 
 # -- training ----------------------------------------------------------------------------------
-def alpha_series(training: dict | None) -> dict[str, list[tuple[int, float]]]:
-    """α per layer against the training step, from history entries recording `alpha`
-    ({layer: α} after the entry's steps). Empty when no run recorded α (no QAT yet)."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for entry in (training or {}).get("history", []):
-        for layer, alpha in (entry.get("alpha") or {}).items():
-            step = entry["first_step"] + entry["steps"]
-            series.setdefault(layer, []).append((step, alpha))
-    return series
+@dataclass
+class AlphaSeries:
+    """One learned α of a QAT model over training: before training, then after every epoch."""
+
+    layer: str
+    role: str  # "weight" or "activation"
+    values: list[float]
+
+    @property
+    def label(self) -> str:
+        return f"{display_name(self.layer)} α_{self.role[0].upper()}"
+
+
+def alpha_series(qat: dict | None) -> list[AlphaSeries]:
+    """α per layer and role from qat.json ({"alpha": {layer: {role: [α0, α1, ...]}}}), every
+    quantizer the record lists, learned (eq. 8) or not (fixed point's power-of-two range,
+    --no-rcf's max|W̃|)."""
+    return [AlphaSeries(layer, role, list(values))
+            for layer, roles in ((qat or {}).get("alpha") or {}).items()
+            for role, values in roles.items() if values]
+
+
+def alpha_epochs(qat: dict) -> list[str]:
+    """Column labels of the α history: "0" (before training), then each epoch with the widths
+    it trained at (W·A, from the record's epochs)."""
+    return ["0"] + [f"{i + 1} (W{e['bits']}A{e['act_bits']})"
+                    for i, e in enumerate(qat.get("epochs", []))]
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -335,7 +363,7 @@ def render_report(outdir: Path) -> str:
                                         "lives": f"{arena['steps'][b['start']]} .. "
                                                  f"{arena['steps'][b['end']]}"}
                         for i, b in enumerate(arena["buffers"])})
-    alphas = alpha_series(facts.training)
+    alphas = alpha_series(facts.qat)
     sweep = precision.get("B_min_sweep")
     env = Environment(loader=PackageLoader("qcc.driver", "report_templates"),
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
@@ -363,12 +391,27 @@ def render_report(outdir: Path) -> str:
                                             [display_name(s) for s in arena["steps"]],
                                             arena["arena"]))
         if arena else None,
-        alpha_svg=Markup(charts.alpha_chart(alphas)) if alphas else None,
+        qat=facts.qat, alphas=alphas, alpha_epochs=alpha_epochs(facts.qat) if alphas else [],
+        alpha_svg=Markup(charts.alpha_chart(
+            {f"alpha-{i}": (a.label, a.values) for i, a in enumerate(alphas)},
+            _stage_starts(facts.qat))) if alphas else None,
         has_alpha=any(la.get("alpha") is not None for la in layers),
-        instructions=[n for n in (facts.summary or {}).get("nodes", [])
-                      if n.get("instructions") is not None],
+        mcu_layers=facts.mcu_layers,
+        macs={n["name"]: (i, n["macs"]) for i, n in enumerate((facts.summary or {}).get(
+            "nodes", []))},
         details_json=Markup(json.dumps(details, default=str).replace("</", "<\\/")),
     )
+
+
+def _stage_starts(qat: dict | None) -> list[tuple[int, str]]:
+    """(epochs trained before a --progressive stage, its widths) for stages after the first:
+    the quantizers move to the narrower grid there, keeping the trained α."""
+    starts, previous = [], None
+    for i, e in enumerate((qat or {}).get("epochs", [])):
+        if previous is not None and e.get("stage") != previous:
+            starts.append((i, f"W{e['bits']}A{e['act_bits']}"))
+        previous = e.get("stage")
+    return starts
 
 
 def write_report(outdir: Path, output: Path | None = None) -> Path:

@@ -143,16 +143,28 @@ def arena_chart(buffers: list[dict], steps: list[str], arena: int) -> str:
     return to_svg(fig)
 
 
-def alpha_chart(series: dict[str, list[tuple[int, float]]]) -> str:
-    """α per layer against the training step (QAT history)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.0))
-    for name, points in series.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name,
-                gid=f"alpha-{name}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("α")
+def alpha_chart(series: dict[str, tuple[str, list[float]]],
+                stage_starts: list[tuple[int, str]]) -> str:
+    """α per layer over QAT (seeds/004 eq. 7-8): x = epochs trained (0: the initial α), one
+    line per quantizer, its markers in the group `<id>`; dotted lines where a --progressive
+    stage moves to fewer bits. α is drawn relative to its initial value: the clipping scales of
+    different layers lie an order of magnitude apart, their moves a few percent (the page's
+    table holds the values)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for gid, (label, values) in series.items():
+        start = values[0] or 1.0
+        ax.plot(range(len(values)), [v / start for v in values], marker="o", markersize=3.5,
+                linewidth=1.1, label=label, gid=gid)
+    for epoch, widths in stage_starts:
+        ax.axvline(epoch, color="#7f7f7f", linestyle=":", linewidth=0.8)
+        ax.text(epoch, 1.0, f" {widths}", transform=ax.get_xaxis_transform(), fontsize=7,
+                va="top", color="#555555")
+    ax.set_xlabel("epochs trained")
+    ax.set_ylabel("α / α before training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2 if len(series) > 6 else 1, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
     return to_svg(fig)
 
 

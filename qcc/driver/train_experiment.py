@@ -77,13 +77,15 @@ def perturb_config(config: QuantConfig, delta: int) -> QuantConfig:
     """C_o + delta·1 for the feed-forward precisions (B_W, B_A of every layer, the default)."""
     layers = {name: LayerConfig(c.weight_bits + delta, c.act_bits + delta, c.scheme,
                                 c.binary_activations) for name, c in config.layers.items()}
-    return QuantConfig(config.scheme, config.default_bits + delta, config.output_bits, layers)
+    return QuantConfig(config.scheme, config.default_bits + delta, config.output_bits, layers,
+                       for_training=True)
 
 
 def binary_config(config: QuantConfig) -> QuantConfig:
     """Every weighted layer with ±α weights (1 bit), activations as in `config`."""
     layers = {name: LayerConfig(1, c.act_bits, "binary") for name, c in config.layers.items()}
-    return QuantConfig(config.scheme, config.default_bits, config.output_bits, layers)
+    return QuantConfig(config.scheme, config.default_bits, config.output_bits, layers,
+                       for_training=True)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Files (next to model.qcc.onnx, reference.onnx, precision.json):
 - training.json: the TrainingProgram as plain data (options, per-layer formats and shifts,
-  backward order, per-sample shapes): the static half of the C train step;
+  backward order, per-sample shapes): the static half of the C train step; with
+  `--grad-ternary auto` also "grad_ternary_auto": per layer the chosen S, its R and R for every
+  S tried (backends/numpy_int/training/tbp_samples.py);
 - train_state.npz: the mutable half (training_program.TrainState: accumulators, master biases, PRNG
   seed and counter, step count). Weight and bias codes live in model.qcc.onnx.
 
@@ -17,6 +19,7 @@ old one only when everything succeeded. `qcc train-data` writes the C train harn
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -35,9 +38,11 @@ from backends.numpy_int.training.loop import (
     train_steps,
     write_float_weights,
 )
+from backends.numpy_int.training.tbp_samples import R_TARGET, SampleChoice, choose_samples
 from passes import precision as P
 from passes.annotate_precision import gradient_statistics
 from passes.training_program import (
+    MAX_TERNARY_SAMPLES,
     TrainingProgram,
     TrainOptions,
     TrainState,
@@ -61,11 +66,25 @@ class Training:
     program: TrainingProgram
     state: TrainState
     history: list[dict] | None = None
+    samples: dict[str, dict] | None = None  # --grad-ternary auto: {layer: {S, R, R_by_S}}
 
     def program_json(self) -> str:
         data = self.program.to_dict()
         data["history"] = self.history or []
+        if self.samples:
+            data["grad_ternary_auto"] = {"R_target": R_TARGET, "layers": self.samples}
         return json.dumps(data, indent=1) + "\n"
+
+    def samples_lines(self) -> list[str]:
+        """The per-layer S and R of --grad-ternary auto, as printed by `qcc compile`."""
+        if not self.samples:
+            return []
+        width = max(len(name) for name in self.samples)
+        lines = [f"ternarized gradients (--grad-ternary auto, R >= {R_TARGET}):",
+                 f"  {'layer':<{width}}   S      R"]
+        lines += [f"  {name:<{width}}  {c['S']:>2}  {c['R']:.3f}"
+                  for name, c in self.samples.items()]
+        return lines
 
 
 def parse_lr(text: str) -> int:
@@ -85,6 +104,23 @@ def parse_lr(text: str) -> int:
     if exp > 0:
         raise QccError(f"--lr must be at most 1 (2^0), got 2^{exp}")
     return exp
+
+
+def parse_grad_ternary(text: str) -> tuple[int, int]:
+    """--grad-ternary: 'S' (0: off) -> (S, 0); 'auto' or 'auto:N' -> (0, N), N the most
+    samples auto may choose (default 64)."""
+    text = text.strip().lower()
+    match = re.fullmatch(r"auto(?::(\d+))?", text)
+    if match:
+        most = int(match.group(1)) if match.group(1) else MAX_TERNARY_SAMPLES
+        if not 1 <= most <= MAX_TERNARY_SAMPLES:
+            raise QccError(f"--grad-ternary auto:N takes N from 1 to {MAX_TERNARY_SAMPLES}, "
+                           f"got {most}")
+        return 0, most
+    if not text.isdigit():
+        raise QccError(f"--grad-ternary takes a number of samples (0: off), 'auto' or "
+                       f"'auto:N', got {text!r}")
+    return int(text), 0
 
 
 def parse_trainable(text: str | None) -> tuple[str, ...] | None:
@@ -107,9 +143,24 @@ def prepare_training(reference: Graph, integer: Graph, options: TrainOptions,
         if x is None:
             raise QccError("training formats need data: give --train-data (or --calib)")
         annotate_training_formats(reference, integer, x, y, options.lr_exp)
+    samples = None
+    if options.grad_ternary_auto:
+        if x is None or y is None:
+            raise QccError("--grad-ternary auto measures the ternarization on labelled "
+                           "training data: give --train-data DATA.npz (keys x and y)")
+        exact = dataclasses.replace(options, grad_ternary=0, layer_samples=())
+        choices = choose_samples(build_training_program(integer, exact), integer, x, y,
+                                 options.grad_ternary_auto, seed=options.seed)
+        options = dataclasses.replace(options, grad_ternary=0, layer_samples=tuple(
+            sorted((c.layer, c.samples) for c in choices)))
+        samples = _samples_table(choices)
     program = build_training_program(integer, options)
     check_lr(program, options.lr_exp)
-    return Training(program, init_state(program, integer, reference))
+    return Training(program, init_state(program, integer, reference), samples=samples)
+
+
+def _samples_table(choices: list[SampleChoice]) -> dict[str, dict]:
+    return {c.layer: c.to_dict() for c in choices}
 
 
 def annotate_training_formats(reference: Graph, integer: Graph, x: np.ndarray,
@@ -165,7 +216,8 @@ def load_training(outdir: Path, integer: Graph) -> Training:
                if layer.update in ("fx", "bc") and layer.name not in state.acc]
     if missing:
         raise QccError(f"{outdir / STATE_FILE}: no accumulator for layer(s) {', '.join(missing)}")
-    return Training(program, state, data.get("history", []))
+    auto = data.get("grad_ternary_auto") or {}
+    return Training(program, state, data.get("history", []), auto.get("layers"))
 
 
 @dataclass

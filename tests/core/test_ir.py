@@ -97,3 +97,29 @@ def test_constant_subgraphs_fold() -> None:
     g = import_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
     assert [n.op_type for n in g.nodes] == ["Reshape"]
     np.testing.assert_array_equal(g.nodes[0].inputs[1].const, [2, -1])
+
+
+def test_deepcopy_of_a_long_chain_keeps_links_and_leaves_the_original() -> None:
+    """copy.deepcopy of a 2000-node chain (the default recursion follows producer / consumer
+    links and overflows the stack well below that) gives an equal, independent graph."""
+    import copy
+
+    g = Graph()
+    x = g.add_value(Value("x", (1, 4)))
+    g.inputs = [x]
+    for i in range(2000):
+        y = g.add_value(Value(f"y{i}", (1, 4)))
+        g.add_node("Relu", [x], [y], name=f"relu{i}")
+        x = y
+    g.outputs = [x]
+    h = copy.deepcopy(g)
+    assert [n.name for n in h.nodes] == [n.name for n in g.nodes]
+    assert not {id(n) for n in h.nodes} & {id(n) for n in g.nodes}
+    for node in h.nodes:
+        x, y = node.inputs[0], node.outputs[0]
+        assert y.producer is node and h.values[y.name] is y
+        assert node in x.consumers and h.values[x.name] is x
+    assert h.inputs[0] is h.values["x"] and h.outputs[0] is h.values["y1999"]
+    h.outputs = [h.values["y1998"]]
+    h.remove_node(h.nodes[-1])
+    assert len(g.nodes) == 2000 and g.values["y1998"].consumers == [g.nodes[-1]]

@@ -74,8 +74,9 @@ def _no_weights_model(path: Path) -> Path:
 
 
 def _near_tie_model(path: Path) -> Path:
-    """Two logits 1e-6 apart: no precision up to 16 bits keeps them apart."""
-    w = np.stack([np.ones(4), np.ones(4) * (1 + 1e-6)], axis=1).astype(np.float32)
+    """Two logits 1e-6 apart, their weights inside one power-of-two range (so per-channel
+    ranges do not separate them either): no precision up to 16 bits keeps them apart."""
+    w = np.stack([np.full(4, 0.75), np.full(4, 0.75 * (1 + 1e-6))], axis=1).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", 1, [1, 4])],
                               [helper.make_tensor_value_info("y", 1, [1, 2])],

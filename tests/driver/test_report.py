@@ -27,14 +27,21 @@ import onnx.utils
 import pytest
 from PIL import Image
 
-from qcc.driver.report import SECTIONS, alpha_series, display_name, format_number, pointer
+from qcc.driver.report import (
+    SECTIONS,
+    alpha_epochs,
+    alpha_series,
+    display_name,
+    format_number,
+    pointer,
+)
 from tests.conftest import run_qcc
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
 MLPERF = ROOT / "examples" / "mlperf_tiny"
 SOURCES = {"precision": "precision.json", "summary": "summary.json", "eval": "eval.json",
-           "training": "training.json"}
+           "training": "training.json", "qat": "qat.json", "mcu": "mcu_layers.json"}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars")
@@ -228,6 +235,24 @@ def check_self_contained(html: str) -> None:
     assert "@import" not in html
 
 
+def check_numbers(page: PageParser, files: dict[str, object]) -> set[str]:
+    """Every sourced number of the page equals its value in the file (as stored and as shown);
+    returns the sources seen."""
+    seen = set()
+    for number in page.numbers:
+        source, ptr = number["data-src"].split(":", 1)
+        expected = resolve(files[source], ptr)
+        assert json.loads(number["data-value"]) == expected, number
+        scale = float(number["data-scale"])
+        shown = number["text"].removesuffix("%").strip().replace(",", "")
+        if isinstance(expected, int | float) and not isinstance(expected, bool):
+            assert float(shown) == pytest.approx(expected * scale, rel=1e-5, abs=1e-12), number
+        else:
+            assert shown == str(expected), number
+        seen.add(number["data-src"])
+    return seen
+
+
 # -- digits: --bits auto --train --target c, evaluated ------------------------------------------
 @pytest.fixture(scope="module")
 def digits_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -235,7 +260,7 @@ def digits_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp / "digits"
     steps = [("compile", DIGITS / "digits.onnx", "--bits", "auto", "--train", "--target", "c",
               "--calib", DIGITS / "calib.npz", "--train-data", DIGITS / "train.npz", "-o", out),
-             ("eval", out, "--data", DIGITS / "test.npz"),
+             ("eval", out, "--data", DIGITS / "test.npz", "--mcu-layers"),
              ("report", out)]
     for args in steps:
         result = run_qcc(*args)
@@ -256,7 +281,7 @@ def test_digits_report_renders_in_chromium(digits_report: Path, browser: DevTool
         assert page["markers"].get(f"series-{key}") == len(layers), key
     assert page["markers"].get("sweep-exact", 0) + page["markers"].get("sweep-bound", 0) == len(
         precision["B_min_sweep"])
-    assert {"flash-chart", "arena-chart", "alpha-absent"} <= page["ids"]
+    assert {"flash-chart", "arena-chart", "instructions-table", "alpha-absent"} <= page["ids"]
     details = json.loads(browser.evaluate("document.getElementById('details-data').textContent"))
     assert set(details) <= page["ids"]  # every hover entry belongs to a drawn element
     summary = json.loads((digits_report.parent / "summary.json").read_text())
@@ -280,20 +305,9 @@ def test_digits_report_renders_in_chromium(digits_report: Path, browser: DevTool
 @pytest.mark.slow
 def test_digits_report_numbers_equal_the_files(digits_report: Path) -> None:
     folder = digits_report.parent
-    files = {key: json.loads((folder / name).read_text()) for key, name in SOURCES.items()}
-    page = parse(digits_report.read_text())
-    seen = set()
-    for number in page.numbers:
-        source, ptr = number["data-src"].split(":", 1)
-        expected = resolve(files[source], ptr)
-        assert json.loads(number["data-value"]) == expected, number
-        scale = float(number["data-scale"])
-        shown = number["text"].removesuffix("%").strip().replace(",", "")
-        if isinstance(expected, int | float) and not isinstance(expected, bool):
-            assert float(shown) == pytest.approx(expected * scale, rel=1e-5, abs=1e-12), number
-        else:
-            assert shown == str(expected), number
-        seen.add(number["data-src"])
+    files = {key: json.loads((folder / name).read_text()) for key, name in SOURCES.items()
+             if key != "qat"}
+    seen = check_numbers(parse(digits_report.read_text()), files)
     precision = files["precision"]
     must_show = [pointer("layers", i, k) for i, la in enumerate(precision["layers"])
                  for k in ("B_W", "B_A", "B_GW", "B_GA", "B_acc", "weight_format")]
@@ -304,6 +318,29 @@ def test_digits_report_numbers_equal_the_files(digits_report: Path) -> None:
     assert {f"precision:{p}" for p in must_show} <= seen
     assert {f"summary:{pointer(k)}" for k in ("arena_bytes", "flash_bytes", "macs")} <= seen
     assert {f"eval:{pointer('overflows', t)}" for t in files["eval"]["overflows"]} <= seen
+    assert {f"mcu:{pointer('layers', i, 'instructions')}"
+            for i in range(len(files["mcu"]["layers"]))} <= seen
+
+
+@pytest.mark.slow
+def test_digits_mcu_instructions_per_layer_add_up(digits_report: Path) -> None:
+    """Per-layer counts (instrumented build) cover every layer with code and add up to the
+    instrumented inference. Instrumenting changes GCC's inlining and scheduling a little: the
+    instrumented inference measured 1-9 % off the shipped firmware's (qcc/driver/mcu_profile.py)."""
+    folder = digits_report.parent
+    record = json.loads((folder / "mcu_layers.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [la["name"] for la in record["layers"]] == [n["name"] for n in summary["nodes"]
+                                                        if n["function"]]
+    assert all(la["instructions"] > 0 for la in record["layers"])
+    layers = sum(la["instructions"] for la in record["layers"])
+    assert layers + record["outside_layers"] == record["infer_instructions"]
+    assert 0 <= record["outside_layers"] < 0.01 * record["infer_instructions"]
+    shipped = record["shipped_infer_instructions"]
+    assert abs(record["infer_instructions"] - shipped) < 0.2 * shipped
+    macs = {n["name"]: n["macs"] for n in summary["nodes"]}
+    busiest = max(record["layers"], key=lambda la: la["instructions"])
+    assert macs[busiest["name"]] == max(macs.values())  # the time goes where the MACs are
 
 
 @pytest.mark.slow
@@ -337,6 +374,19 @@ def test_compiled_model_carries_netron_descriptions(digits_report: Path) -> None
 
 
 @pytest.mark.slow
+def test_bundled_example_eval_saturates_no_input(digits_report: Path) -> None:
+    """`qcc eval` on the bundled example (the README's main job; this folder adds --train)
+    counts no saturated input code: pixels at exactly 1.0 sit on the power-of-two edge of the
+    input range, which gets the one code more it needs (passes/quantize_graph.cover_input)."""
+    folder = digits_report.parent
+    model = onnx.load(str(folder / "model.qcc.onnx"))
+    quantize = next(n for n in model.graph.node if n.op_type == "Quantize")
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert evaluation["samples"] == 400
+    assert evaluation["overflows"].get(quantize.output[0], 0) == 0, evaluation["overflows"]
+
+
+@pytest.mark.slow
 def test_training_makes_the_last_eval_stale(digits_report: Path, tmp_path: Path) -> None:
     folder = tmp_path / "digits"
     shutil.copytree(digits_report.parent, folder)
@@ -348,6 +398,7 @@ def test_training_makes_the_last_eval_stale(digits_report: Path, tmp_path: Path)
     assert "measured an earlier" in html
     assert not [n for n in parse(html).numbers if n["data-src"].startswith("eval:")]
     assert "history-table" in parse(html).ids
+    assert "instructions-table" not in parse(html).ids  # measured the model before training
 
 
 # -- the MLPerf Tiny models (--bits 8 --target c) and an APoT model -------------------------------
@@ -393,6 +444,57 @@ def test_apot_report_shows_alpha(tmp_path: Path) -> None:
     assert "target-c" in page.ids and "alpha-absent" in page.ids
 
 
+# -- a QAT model: qcc qat -> compile -> report, α per layer over training -----------------------
+@pytest.fixture(scope="module")
+def qat_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """APoT W5A5 -> W4A4 (--progressive, one epoch each) on digits, compiled from QAT.onnx
+    alone: its sidecar QAT.qat.json is removed first, the α history travels in the model."""
+    tmp = tmp_path_factory.mktemp("qat-report")
+    model, out = tmp / "qat.onnx", tmp / "qat"
+    result = run_qcc("qat", DIGITS / "digits.onnx", "--scheme", "apot", "--bits", "4",
+                     "--progressive", "5,4", "--epochs", "1", "--train-data",
+                     DIGITS / "train.npz", "-o", model)
+    assert result.returncode == 0, result.stderr
+    (tmp / "qat.qat.json").unlink()
+    for args in [("compile", model, "--calib", DIGITS / "calib.npz", "-o", out),
+                 ("report", out)]:
+        result = run_qcc(*args)
+        assert result.returncode == 0, result.stderr
+    return out / "report.html"
+
+
+def stored_qat_record(model: Path) -> dict:
+    proto = onnx.load(str(model))
+    return json.loads(next(p.value for p in proto.metadata_props if p.key == "qcc.qat"))
+
+
+@pytest.mark.slow
+def test_qat_report_alpha_numbers_equal_the_model_record(qat_report: Path) -> None:
+    folder = qat_report.parent
+    record = stored_qat_record(folder.parent / "qat.onnx")
+    assert json.loads((folder / "qat.json").read_text()) == record  # carried unchanged
+    page = parse(qat_report.read_text())
+    assert "alpha-chart" in page.ids and "alpha-table" in page.ids
+    assert "alpha-absent" not in page.ids
+    files = {"precision": json.loads((folder / "precision.json").read_text()), "qat": record}
+    seen = check_numbers(page, files)
+    stored = {f"qat:{pointer('alpha', layer, role, i)}"
+              for layer, roles in record["alpha"].items() for role, values in roles.items()
+              for i in range(len(values))}
+    assert len(stored) == 4 * 2 * 3  # 4 layers x (weights, activations) x (initial, 2 epochs)
+    assert {s for s in seen if s.startswith("qat:")} == stored
+
+
+@pytest.mark.slow
+def test_qat_report_renders_alpha_chart_in_chromium(qat_report: Path, browser: DevTools) -> None:
+    shown = check_page_in_chromium(browser, qat_report)
+    check_screenshot(browser)
+    series = alpha_series(json.loads((qat_report.parent / "qat.json").read_text()))
+    assert len(series) == 8
+    for i, s in enumerate(series):  # one marker per epoch boundary, initial α included
+        assert shown["markers"].get(f"alpha-{i}") == len(s.values) == 3, s.label
+
+
 # -- small pieces ---------------------------------------------------------------------------------
 def test_report_of_a_folder_that_is_not_compiled_is_one_line(tmp_path: Path) -> None:
     result = run_qcc("report", tmp_path)
@@ -412,8 +514,20 @@ def test_numbers_and_names_for_the_page() -> None:
     assert format_number(0.005025125628140704, 100) == "0.502513"
     assert format_number(None) == "n/a"
     assert display_name("model/conv2d_5/BiasAdd;model/conv2d_5/Conv2D") == "conv2d_5/BiasAdd"
-    history = [{"first_step": 0, "steps": 10, "alpha": {"fc1": 0.5}},
-               {"first_step": 10, "steps": 10, "alpha": {"fc1": 0.25}}, {"first_step": 20,
-                                                                         "steps": 5}]
-    assert alpha_series({"history": history}) == {"fc1": [(10, 0.5), (20, 0.25)]}
-    assert alpha_series(None) == {}
+    record = {"alpha": {"model/fc1": {"weight": [0.5, 0.25], "activation": [2.0, 2.5]}},
+              "epochs": [{"stage": 0, "bits": 4, "act_bits": 4}]}
+    assert [(a.label, a.values) for a in alpha_series(record)] == [
+        ("model/fc1 α_W", [0.5, 0.25]), ("model/fc1 α_A", [2.0, 2.5])]
+    assert alpha_epochs(record) == ["0", "1 (W4A4)"]
+    assert alpha_series(None) == []
+
+
+def test_mcu_layers_without_a_c_library_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "numpy_only"
+    result = run_qcc("compile", DIGITS / "digits.onnx", "--bits", "8", "--calib",
+                     DIGITS / "calib.npz", "-o", out)
+    assert result.returncode == 0, result.stderr
+    result = run_qcc("eval", out, "--data", DIGITS / "test.npz", "--mcu-layers")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("qcc: error: --mcu-layers: ") and "--target c" in result.stderr
+    assert not (out / "eval.json").exists() and not (out / "mcu_layers.json").exists()

@@ -231,10 +231,15 @@ def test_trunc_runs_as_qonnx_reference():
                                trunc.trunc_v1(x, 0.25, 0.0, 8.0, 4.0, "FLOOR"))
 
 
-def test_trunc_is_refused_by_compile():
-    """Its double rounding has no integer form here: one clear error, not a wrong graph."""
-    with pytest.raises(QccError, match="compiling QONNX Trunc is not supported"):
-        fold_quantizers(import_model(trunc_model()), np.zeros((4, 8), np.float32))
+def test_trunc_stays_with_its_grids_fixed():
+    """fold_quantizers keeps a Trunc (quantize_graph lowers it to QTrunc) and fixes the grids
+    on both sides: 8 signed bits at 0.25 in, 4 bits at 0.25 out (v1 keeps the scale);
+    tests/driver/test_qonnx_trunc.py compiles it against qonnx's executor."""
+    x = np.random.default_rng(1).uniform(-30, 30, size=(16, 8)).astype(np.float32)
+    folded = fold_quantizers(import_model(trunc_model()), x)
+    assert [n.op_type for n in folded.plain.nodes] == ["Trunc"]
+    assert (folded.stats["x"].lo, folded.stats["x"].hi) == (-128 * 0.25, 127 * 0.25)
+    assert (folded.stats["y"].lo, folded.stats["y"].hi) == (-8 * 0.25, 7 * 0.25)
 
 
 def _model_with(node: onnx.NodeProto, inits: list, domain: str = QONNX) -> onnx.ModelProto:

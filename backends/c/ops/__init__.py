@@ -91,4 +91,6 @@ def _load() -> None:
     import backends.c.ops.gemm  # noqa: F401
     import backends.c.ops.movement  # noqa: F401
     import backends.c.ops.pool  # noqa: F401
+    import backends.c.ops.qlinear  # noqa: F401
     import backends.c.ops.softmax  # noqa: F401
+    import backends.c.ops.trunc  # noqa: F401

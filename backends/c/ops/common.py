@@ -88,17 +88,23 @@ class Requant:
     def define(self, w: CWriter) -> int:
         """The per-channel multiplier and shift tables (nothing when one pair serves all);
         returns their bytes, which count as the model's constants."""
-        if not self.per_channel:
-            return 0
-        w.array(f"static const int32_t {self.prefix}_mult[{len(self.multipliers)}]",
-                self.multipliers)
-        w.array(f"static const uint8_t {self.prefix}_shift[{len(self.shifts)}]", self.shifts)
-        return 4 * len(self.multipliers) + len(self.shifts)
+        size = 0
+        if len(set(self.multipliers)) > 1:  # fixed point: M = 1 everywhere, shifts only
+            w.array(f"static const int32_t {self.prefix}_mult[{len(self.multipliers)}]",
+                    self.multipliers)
+            size += 4 * len(self.multipliers)
+        if len(set(self.shifts)) > 1:
+            w.array(f"static const uint8_t {self.prefix}_shift[{len(self.shifts)}]",
+                    self.shifts)
+            size += len(self.shifts)
+        return size
 
     def params(self, channel: str) -> tuple[str, str]:
-        if self.per_channel:
-            return f"{self.prefix}_mult[{channel}]", f"{self.prefix}_shift[{channel}]"
-        return str(self.multipliers[0]), str(self.shifts[0])
+        m = (f"{self.prefix}_mult[{channel}]" if len(set(self.multipliers)) > 1
+             else str(self.multipliers[0]))
+        s = (f"{self.prefix}_shift[{channel}]" if len(set(self.shifts)) > 1
+             else str(self.shifts[0]))
+        return m, s
 
     def expr(self, acc: str, channel: str, bound: int, acc_t: str, rt: str) -> str:
         """C expression (int32_t) requantizing the accumulator `acc` of `channel`.

@@ -30,8 +30,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
+from backends.c.ops import C_SIZES, Kernel, KernelPlan, Scratch, c_kernel
 from backends.c.ops.common import Requant, acc_type, int_literal, linear
+from backends.c.ops.dsp import (
+    DSP_TYPES,
+    DspLayer,
+    DspRequant,
+    define_layer,
+    dsp_layer,
+    dsp_macro,
+    emit_row_blocks,
+)
 from backends.c.ops.weights import RowReader
 from backends.c.packing import WeightRows, store_rows
 from backends.c.writer import CWriter
@@ -141,6 +150,9 @@ class ConvSetup:
     init: list[int]  # per output channel: the accumulator's start value
     reader: RowReader
     offset: int = 0  # patches: added to every code (int8 -> uint8); init subtracts it again
+    dsp: DspLayer | None = None  # the packed kernel (ops/dsp.py), where the layer allows it
+    dsp_codes: np.ndarray | None = None  # its weight rows, taps in (kw, kh, ic) order
+    dsp_depthwise: DspRequant | None = None  # the packed depthwise kernel's requantization
 
     def patch_t(self, x_t: str) -> str:
         """int8 codes go into uint8 patches: shifted by the offset, or as they are when none
@@ -152,6 +164,8 @@ class ConvSetup:
 class QConvKernel(Kernel):
     op_types = ("QConv",)
     origin = "ONNX Conv as qcc.QConv"
+    packed = True  # the DSP kernels may apply (ops/qlinear.py, whose requantization is not
+    # qcc's integer one, turns them off)
 
     def setup(self, node: Node, ctx) -> ConvSetup:
         if node.name in ctx.memo:
@@ -163,6 +177,20 @@ class QConvKernel(Kernel):
         flat = w.reshape(g.cout, g.k)
         rows = store_rows(flat, ctx.cname(node, "w"), xnor=xnor)
         order = self._order(g, rows, xnor)
+        zx = int(node.attrs.get("x_zero_point", 0))
+        bias = node.input(2)
+        b = (np.broadcast_to(bias.const.astype(np.int64).ravel(), (g.cout,)) if bias is not None
+             else np.zeros(g.cout, np.int64))
+        req = Requant.of(node, g.cout, ctx.cname(node, "rq"))
+        dsp_codes = None
+        if self.packed and not xnor and rows.kind == "int8" and x.ctype in DSP_TYPES \
+                and g.groups == 1 and (g.dh, g.dw) == (1, 1):
+            taps = w.transpose(0, 3, 2, 1) if w.ndim == 4 else w.transpose(0, 2, 1)
+            dsp_codes = np.ascontiguousarray(taps.reshape(g.cout, g.k))
+        dsp = None if dsp_codes is None else dsp_layer(
+            dsp_codes, b, zx, x.absmax, req, ctx.cname(node, "wd"))
+        if dsp is not None:  # the portable path's weights only where it runs
+            ctx.consts.directive(f"#if !{dsp_macro(ctx)}")
         if order == "patches" and rows.direct:  # dot products run to the padded length
             rows = rows.with_tail(padded_taps(g.k) - g.k)
         if order == "strips":  # taps (ic, kh, kw) -> (kw, kh, ic), each row zero-padded
@@ -171,10 +199,8 @@ class QConvKernel(Kernel):
             padded[:, :g.k] = taps.reshape(g.cout, g.k)
             rows = store_rows(padded, ctx.cname(node, "w"))
         ctx.add_weights(rows)
-        zx = int(node.attrs.get("x_zero_point", 0))
-        bias = node.input(2)
-        b = (np.broadcast_to(bias.const.astype(np.int64).ravel(), (g.cout,)) if bias is not None
-             else np.zeros(g.cout, np.int64))
+        if dsp is not None:
+            ctx.consts.directive("#endif")
         x_max = 1 if xnor else max(abs(x.lo - zx), abs(x.hi - zx))
         bound = g.k * x_max * rows.absmax + int(np.abs(b).max(initial=0))
         init = b.copy()
@@ -187,9 +213,13 @@ class QConvKernel(Kernel):
             init = b - (zx + offset) * flat.sum(axis=1)
             partial = g.k * (x.absmax + offset) * rows.absmax + int(np.abs(init).max(initial=0))
         acc_t = acc_type(max(bound, partial), node)
-        setup = ConvSetup(g, rows, Requant.of(node, g.cout, ctx.cname(node, "rq")), bound,
-                          acc_t, order, zx, [int(v) for v in init],
-                          RowReader(rows, ctx.rt, acc_t), offset)
+        depthwise = None
+        if self.packed and order == "planes" and rows.kind == "int8" and x.ctype in DSP_TYPES \
+                and g.cg == 1 and g.mg == 1 and g.groups > 1 and (g.dh, g.dw) == (1, 1) \
+                and acc_t == "int32_t":
+            depthwise = DspRequant.of(req, ctx.cname(node, "dq"), 1, bound)
+        setup = ConvSetup(g, rows, req, bound, acc_t, order, zx, [int(v) for v in init],
+                          RowReader(rows, ctx.rt, acc_t), offset, dsp, dsp_codes, depthwise)
         ctx.memo[node.name] = (setup,)
         return setup
 
@@ -206,7 +236,27 @@ class QConvKernel(Kernel):
         return "planes"
 
     def plan(self, node: Node, ctx) -> KernelPlan:
+        """The portable path's plan; with a packed kernel, its first scratch area also holds
+        the kernel's int16 strip (the two paths never run in one build)."""
         s = self.setup(node, ctx)
+        plan = self._portable_plan(node, ctx, s)
+        if s.dsp is not None:
+            strip = DspStrip(s.g, s.dsp.kp)
+            first = plan.scratch[0]
+            size = C_SIZES[first.ctype]
+            plan.scratch[0] = Scratch(first.ctype, max(first.count, -(-strip.nbytes // size)))
+            plan.note += (f"; with {dsp_macro(ctx)}: packed 2x2 SMLAD blocks on int16 strips of "
+                          f"{strip.cols} columns")
+        if s.dsp_depthwise is not None:
+            canvas = Canvas(s.g)
+            first = plan.scratch[0]
+            size = C_SIZES[first.ctype]
+            plan.scratch[0] = Scratch(first.ctype, max(first.count, -(-canvas.nbytes // size)))
+            plan.note += (f"; with {dsp_macro(ctx)}: SMLAD on tap pairs over an int16 canvas of "
+                          f"{canvas.rows}x{canvas.cols}, two outputs at a time")
+        return plan
+
+    def _portable_plan(self, node: Node, ctx, s: ConvSetup) -> KernelPlan:
         g, x_t = s.g, ctx.t(node.inputs[0]).ctype
         macs = g.cout * g.plane * g.k
         if s.order == "xnor":
@@ -234,15 +284,33 @@ class QConvKernel(Kernel):
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
         s = self.setup(node, ctx)
-        ctx.constant_bytes += s.req.define(ctx.consts)
-        if any(s.init):
-            ctx.const_array(node, "init", s.acc_t, [int_literal(v) for v in s.init])
-        init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"
         x = ctx.t(node.inputs[0])
         out_t = ctx.t(node.outputs[0]).ctype
+        if s.dsp is not None:
+            assert s.dsp_codes is not None
+            ctx.consts.directive(f"#if {dsp_macro(ctx)}")
+            define_layer(ctx.consts, s.dsp, s.dsp_codes)
+            ctx.consts.directive("#else")
+            w.directive(f"#if {dsp_macro(ctx)}")
+            _emit_dsp_strips(w, ctx, s, x.ctype, out_t)
+            w.directive("#else")
+        if any(s.init):  # the depthwise kernels share the start values (and the weights)
+            ctx.const_array(node, "init", s.acc_t, [int_literal(v) for v in s.init])
+        init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"
+        if s.dsp_depthwise is not None:
+            ctx.consts.directive(f"#if {dsp_macro(ctx)}")
+            s.dsp_depthwise.define(ctx.consts)
+            ctx.consts.directive("#else")
+            w.directive(f"#if {dsp_macro(ctx)}")
+            _emit_dsp_depthwise(w, ctx, s, x.ctype, out_t, init)
+            w.directive("#else")
+        ctx.constant_bytes += s.req.define(ctx.consts)
         emitter = {"xnor": _emit_xnor, "patches": _emit_patches, "strips": _emit_strips,
                    "planes": _emit_planes}
         emitter[s.order](w, ctx, s, x.ctype, x.lo, out_t, init)
+        if s.dsp is not None or s.dsp_depthwise is not None:
+            ctx.consts.directive("#endif")
+            w.directive("#endif")
 
 
 # -- patches (im2col blocks) -------------------------------------------------------------------
@@ -515,6 +583,217 @@ def _strip_blocks(w: CWriter, ctx, s: ConvSetup, p_t: str, out_t: str, init: str
                 value = s.req.expr("acc[j]", "oc", s.bound, s.acc_t, ctx.rt)
                 w.line(f"y0[oc * {g.plane} + {linear([('oh', g.wo)])} + ow0 + j] = "
                        f"({out_t}){value};")
+
+
+# -- packed DSP strips (ops/dsp.py) -----------------------------------------------------------
+@dataclass
+class DspStrip:
+    """The int16 strip of one output row for the packed kernel: `cols` columns of depth =
+    KH·C raw codes (column c = input column c − PW of the KH input rows under the output row,
+    zx outside the image), taps in (kw, kh, ic) order, then kp − k codes read by the last
+    column's padded taps (times zero weights)."""
+
+    g: ConvShape
+    kp: int
+
+    @property
+    def depth(self) -> int:
+        return self.g.kh * self.g.cg
+
+    @property
+    def cols(self) -> int:
+        return (self.g.wo - 1) * self.g.sw + self.g.kw
+
+    @property
+    def image(self) -> int:
+        """Columns holding input columns: pw .. pw + image − 1."""
+        return max(0, min(self.g.wd, self.cols - self.g.pw))
+
+    @property
+    def count(self) -> int:
+        return self.cols * self.depth + self.kp - self.g.k
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.count
+
+
+def _emit_dsp_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str) -> None:
+    """Per output row: slide the strip, widen the new input rows into it, then every pair of
+    output channels times every pair of output columns (ops/dsp.py emit_row_blocks)."""
+    g, layer = s.g, s.dsp
+    assert layer is not None
+    strip = DspStrip(g, layer.kp)
+    depth, cols = strip.depth, strip.cols
+    slide = g.sh < g.kh and g.ho > 1
+    w.line("int16_t *const q = (int16_t *)(void *)s0;")
+    w.line("int32_t oh, kh, ic, iw;")
+    if strip.count > cols * depth:
+        w.comment("the tail read by the last column's padded taps (times zero weights)")
+        with w.block(f"for (iw = {cols * depth}; iw < {strip.count}; ++iw)"):
+            w.line("q[iw] = 0;")
+    with w.block(f"for (oh = 0; oh < {g.ho}; ++oh)"):
+        if slide:
+            w.line("kh = 0; /* the first row slot to fill */")
+            with w.block("if (oh > 0)"):
+                w.comment(f"row slots {g.sh}.. of the last output row are slots 0.. of this one")
+                shift = g.sh * g.cg
+                w.line(f"memmove(q, q + {shift}, {2 * (cols * depth - shift)});")
+                w.line(f"kh = {g.kh - g.sh};")
+        with w.block(f"for ({'' if slide else 'kh = 0'}; kh < {g.kh}; ++kh)"):
+            _fill_dsp_row(w, g, strip, s.zx, x_t)
+        step = g.sw * depth
+
+        def store(row: str, col: str, value: str) -> str:
+            return f"y0[{row} * {g.plane} + {linear([('oh', g.wo)])} + {col}] = ({out_t}){value};"
+
+        with w.block(""):
+            emit_row_blocks(w, ctx, layer, g.wo, lambda c: f"q + ({c}) * {step}", store, step)
+
+
+def _fill_dsp_row(w: CWriter, g: ConvShape, strip: DspStrip, zx: int, x_t: str) -> None:
+    """Row slot kh of every column: input row oh·SH + kh − PH, zx where it is padding."""
+    depth = strip.depth
+    w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
+    w.line(f"int16_t *const qs = q + kh * {g.cg};")
+
+    def pad_columns(lo: int, hi: int) -> None:
+        with w.block(f"for (iw = {lo}; iw < {hi}; ++iw)"):
+            with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+                w.line(f"qs[iw * {depth} + ic] = {zx};")
+
+    if any(g.valid("h", t) != (0, g.ho) for t in range(g.kh)):
+        with w.block(f"if (ih < 0 || ih >= {g.h})"):
+            pad_columns(0, strip.cols)
+            w.line("continue;")
+    if g.pw:
+        pad_columns(0, g.pw)
+    with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+        w.line(f"const {x_t} *const xr = x0 + {linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
+        w.line(f"int16_t *const qc = qs + {linear([('ic', 1)], g.pw * depth)};")
+        with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
+            w.line(f"qc[iw * {depth}] = xr[iw];")
+    if g.pw + strip.image < strip.cols:
+        pad_columns(g.pw + strip.image, strip.cols)
+
+
+# -- packed DSP depthwise ----------------------------------------------------------------------
+@dataclass
+class Canvas:
+    """One input channel of a depthwise conv as int16 codes minus zx, with its padding (zeros)
+    around: rows −PH .. and columns −PW .. of the input, one spare element at the end (a tap
+    pair may read one past the last column, times a zero weight)."""
+
+    g: ConvShape
+
+    @property
+    def rows(self) -> int:
+        return (self.g.ho - 1) * self.g.sh + self.g.kh
+
+    @property
+    def cols(self) -> int:
+        return max((self.g.wo - 1) * self.g.sw + self.g.kw, self.g.pw + self.g.wd)
+
+    @property
+    def count(self) -> int:
+        return max(self.rows, self.g.ph + self.g.h) * self.cols + 1
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.count
+
+
+def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
+                        init: str) -> None:
+    """Per channel: its plane into the canvas (centred: the padding adds 0), its KH x KW
+    weights into int16 pairs (tap pairs along a kernel row, an odd last tap paired with 0),
+    then four output columns at a time: one SMLAD per tap pair and output."""
+    g, req, rt = s.g, s.dsp_depthwise, ctx.rt
+    assert req is not None
+    canvas = Canvas(g)
+    cw = canvas.cols
+    pairs = -(-g.kw // 2)
+    w.line("int16_t *const cv = (int16_t *)(void *)s0;")
+    w.line("int32_t oc, ih, iw, oh, ow;")
+    with w.block(f"for (iw = 0; iw < {canvas.count}; ++iw)"):
+        w.line("cv[iw] = 0; /* the padding, never written again */")
+    with w.block(f"for (oc = 0; oc < {g.cout}; ++oc)"):
+        w.line(f"const {x_t} *const xc = x0 + oc * {g.h * g.wd};")
+        w.line(f"const {s.rows.row_ctype} *const wr = {s.rows.cname} + oc * {g.k};")
+        with w.block(f"for (ih = 0; ih < {g.h}; ++ih)"):
+            w.line(f"int16_t *const row = cv + {linear([('ih', cw)], g.ph * cw + g.pw)};")
+            if s.zx:
+                with w.block(f"for (iw = 0; iw < {g.wd}; ++iw)"):
+                    w.line(f"row[iw] = (int16_t)(xc[ih * {g.wd} + iw] - {s.zx});")
+            else:
+                widen = f"{rt}dsp_widen_{'u8' if x_t == 'uint8_t' else 's8'}"
+                w.line(f"{widen}(xc + ih * {g.wd}, row, {g.wd});")
+        names = []
+        for kh in range(g.kh):
+            for j in range(pairs):
+                t = kh * g.kw + 2 * j
+                hi = f"(uint32_t)(uint16_t)wr[{t + 1}] << 16" if 2 * j + 1 < g.kw else "0u"
+                names.append(f"k{kh}_{j}")
+                w.line(f"const uint32_t k{kh}_{j} = (uint32_t)(uint16_t)wr[{t}] | {hi};")
+        w.line(f"const int32_t start = {init};")
+        req.declare(w, "oc", "0")
+        with w.block(f"for (oh = 0; oh < {g.ho}; ++oh)"):
+            w.line(f"const int16_t *const top = cv + oh * {g.sh * cw};")
+            w.line(f"{out_t} *const yr = y0 + oc * {g.plane} + oh * {g.wo};")
+
+            def outputs(count: int, col: str) -> None:
+                accs = [f"a{c}" for c in range(count)]
+                w.line(f"int32_t {', '.join(f'{a} = start' for a in accs)};")
+                w.line(f"const int16_t *const p = top + {linear([(col, g.sw)])};")
+                w.directive("#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)")
+                _depthwise_asm(w, g, cw, pairs, count)
+                w.directive("#else")
+                for kh in range(g.kh):
+                    for j in range(pairs):
+                        for c, a in enumerate(accs):
+                            at = kh * cw + 2 * j + c * g.sw
+                            w.line(f"{a} = {rt}dsp_smlad({rt}dsp_load_pair(p + {at}), "
+                                   f"k{kh}_{j}, {a});")
+                w.directive("#endif")
+                for c, a in enumerate(accs):
+                    w.line(f"yr[{col} + {c}] = ({out_t}){req.expr(a, '0', rt)};")
+
+            # four outputs per iteration (the loop's bookkeeping and the weight pairs'
+            # reloads, when they do not stay in registers, spread over 36 MACs), then the rest
+            if g.wo >= 4:
+                with w.block(f"for (ow = 0; ow + 3 < {g.wo}; ow += 4)"):
+                    outputs(4, "ow")
+            else:
+                w.line("(void)ow;")
+            done = g.wo - g.wo % 4
+            for count in (2, 1):
+                if (g.wo - done) >= count:
+                    with w.block(""):
+                        outputs(count, str(done))
+                    done += count
+
+
+def _depthwise_asm(w: CWriter, g: ConvShape, cw: int, pairs: int, count: int) -> None:
+    """The taps of `count` neighbouring outputs as one asm statement: per tap pair and output
+    one (unaligned) LDR of the canvas pair and one SMLAD with the weight pair in a register."""
+    text = []
+    for kh in range(g.kh):
+        for j in range(pairs):
+            for c in range(count):
+                text += [f"ldr %[x], [%[p], #{2 * (kh * cw + 2 * j + c * g.sw)}]",
+                         f"smlad %[a{c}], %[x], %[k{kh}_{j}], %[a{c}]"]
+    w.line("uint32_t r_x;")
+    w.line("__asm__(")
+    w.depth += 1
+    for line in text:
+        w.line(f'"{line}\\n\\t"')
+    w.line(": " + ", ".join([f'[a{c}] "+r"(a{c})' for c in range(count)] + ['[x] "=&r"(r_x)']))
+    ins = ['[p] "r"(p)'] + [f'[k{kh}_{j}] "r"(k{kh}_{j})' for kh in range(g.kh)
+                            for j in range(pairs)]
+    for i in range(0, len(ins), 4):
+        w.line((": " if i == 0 else "  , ") + ", ".join(ins[i:i + 4]))
+    w.line(': "memory");')
+    w.depth -= 1
 
 
 # -- planes ------------------------------------------------------------------------------------

@@ -13,7 +13,16 @@ import numpy as np
 
 from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
 from backends.c.ops.common import Requant, acc_type
+from backends.c.ops.dsp import (
+    DSP_TYPES,
+    DspLayer,
+    define_layer,
+    dsp_layer,
+    dsp_macro,
+    emit_row_blocks,
+)
 from backends.c.ops.weights import RowReader
+from backends.c.packing import store_rows
 from backends.c.writer import CWriter
 from qcc.core.ir import Node
 from qcc.core.layers import weight_rows
@@ -23,6 +32,8 @@ from qcc.core.layers import weight_rows
 class QGemmKernel(Kernel):
     op_types = ("QGemm",)
     origin = "ONNX Gemm/MatMul as qcc.QGemm"
+    packed = True  # the DSP kernels may apply (ops/qlinear.py, whose requantization is not
+    # qcc's integer one, turns them off)
 
     def setup(self, node: Node, ctx) -> tuple:
         cached = ctx.memo.get(node.name)
@@ -33,19 +44,37 @@ class QGemmKernel(Kernel):
         rows_w = weight_rows(node, w)  # (M, K)
         m, k = rows_w.shape
         xnor = node.attrs.get("dot") == "xnor"
-        rows = ctx.weights(node, "w", np.ascontiguousarray(rows_w), xnor=xnor)
         zx = int(node.attrs.get("x_zero_point", 0))
         bias = node.input(2)
-        b_max = int(np.abs(bias.const.astype(np.int64)).max(initial=0)) if bias else 0
+        b = (np.broadcast_to(bias.const.astype(np.int64).ravel(), (m,)) if bias is not None
+             else np.zeros(m, np.int64))
+        req = Requant.of(node, m, ctx.cname(node, "rq"))
+        codes = np.ascontiguousarray(rows_w)
+        dsp = None
+        if self.packed and not xnor and x.ctype in DSP_TYPES and \
+                store_rows(codes, "").kind == "int8":
+            # one input row: blocks of four weight rows share its loads; else 2 x 2 blocks
+            dsp = dsp_layer(codes, b, zx, x.absmax, req, ctx.cname(node, "wd"),
+                            block=4 if x.numel // k == 1 and m > 2 else 2)
+        if dsp is not None:  # the portable path's weights only where it runs
+            ctx.consts.directive(f"#if !{dsp_macro(ctx)}")
+        rows = ctx.weights(node, "w", codes, xnor=xnor)
+        if dsp is not None:
+            ctx.consts.directive("#endif")
+        b_max = int(np.abs(b).max(initial=0))
         x_max = 1 if xnor else max(abs(x.lo - zx), abs(x.hi - zx))
         bound = k * x_max * rows.absmax + b_max
-        req = Requant.of(node, m, ctx.cname(node, "rq"))
-        result = (m, k, x.numel // k, rows, req, bound, acc_type(bound, node))
+        result = (m, k, x.numel // k, rows, req, bound, acc_type(bound, node), dsp, codes)
         ctx.memo[node.name] = result
         return result
 
     def plan(self, node: Node, ctx) -> KernelPlan:
-        m, k, n, rows, _, _, acc_t = self.setup(node, ctx)
+        m, k, n, rows, _, _, acc_t, dsp, _ = self.setup(node, ctx)
+        if dsp is not None:  # the portable path reads the weights in place: no scratch
+            return KernelPlan([Scratch("int16_t", 2 * dsp.kp)], macs=n * m * k,
+                              note=f"gemm {n}x{k} by {m}x{k}; with {dsp_macro(ctx)}: packed "
+                                   f"SMLAD blocks of 2 rows x 2 input rows, else {acc_t} "
+                                   f"accumulators")
         if rows.kind == "xnor":
             return KernelPlan([Scratch("uint32_t", rows.words)], macs=n * m * k,
                               note=f"XNOR-popcount gemm, {n}x{k} by {m}x{k}")
@@ -55,17 +84,34 @@ class QGemmKernel(Kernel):
                                f"{rows.kind}" + (" (shift-add)" if reader.shift_add else ""))
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
-        m, k, n, rows, req, bound, acc_t = self.setup(node, ctx)
+        m, k, n, rows, req, bound, acc_t, dsp, codes = self.setup(node, ctx)
+        out_t = ctx.t(node.outputs[0]).ctype
+        if dsp is not None:
+            ctx.consts.directive(f"#if {dsp_macro(ctx)}")
+            define_layer(ctx.consts, dsp, codes)
+            ctx.consts.directive("#else")
+            w.directive(f"#if {dsp_macro(ctx)}")
+            _emit_dsp(w, ctx, dsp, n, ctx.t(node.inputs[0]).ctype, out_t)
+            w.directive("#else")
+            w.line("(void)s0; /* the packed kernel's scratch */")
         ctx.constant_bytes += req.define(ctx.consts)
         bias = node.input(2)
         if bias is not None:
             ctx.const_array(node, "b", "int32_t", bias.const.astype(np.int64).ravel().tolist())
         init = f"{ctx.cname(node, 'b')}[o]" if bias is not None else "0"
-        out_t = ctx.t(node.outputs[0]).ctype
         zx = int(node.attrs.get("x_zero_point", 0))
         if rows.kind == "xnor":
             self._emit_xnor(w, ctx, node, m, k, n, rows, req, bound, acc_t, init, out_t, zx)
             return
+        self._emit_portable(w, ctx, node, m, k, n, rows, req, bound, acc_t, init, out_t, zx)
+        if dsp is not None:
+            ctx.consts.directive("#endif")
+            w.directive("#endif")
+
+    @staticmethod
+    def _emit_portable(w: CWriter, ctx, node: Node, m: int, k: int, n: int, rows,
+                       req: Requant, bound: int, acc_t: str, init: str, out_t: str,
+                       zx: int) -> None:
         reader = RowReader(rows, ctx.rt, acc_t)
         w.line("int32_t o, r, i;")
         with w.block(f"for (o = 0; o < {m}; ++o)"):
@@ -107,3 +153,33 @@ class QGemmKernel(Kernel):
                        f"{ctx.cname(node, 'valid')}, {words})")
                 w.line(f"const {acc_t} acc = ({acc_t}){dot} + {init};")
                 w.line(f"y0[r * {m} + o] = ({out_t}){req.expr('acc', 'o', bound, acc_t, ctx.rt)};")
+
+
+def _emit_dsp(w: CWriter, ctx, layer: DspLayer, n: int, x_t: str, out_t: str) -> None:
+    """Two input rows at a time widened to int16 (zero taps up to kp), then every pair of
+    weight rows times them (ops/dsp.py); an odd last input row alone."""
+    k, kp, m, rt = layer.k, layer.kp, layer.rows, ctx.rt
+    w.line("int16_t *const z = (int16_t *)(void *)s0;")
+    w.line("int32_t r, i;" if kp > k else "int32_t r;")
+    if kp > k:
+        with w.block(f"for (i = {k}; i < {kp}; ++i)"):
+            w.line("z[i] = 0;")
+            w.line(f"z[{kp} + i] = 0;")
+
+    def store(row: str, col: str, value: str) -> str:
+        return f"y0[(r + {col}) * {m} + {row}] = ({out_t}){value};"
+
+    widen = f"{rt}dsp_widen_{'u8' if x_t == 'uint8_t' else 's8'}"
+
+    def chunk(cols: int) -> None:
+        for c in range(cols):
+            w.line(f"{widen}(x0 + (r + {c}) * {k}, z + {c * kp}, {k});")
+        with w.block(""):
+            emit_row_blocks(w, ctx, layer, cols, lambda c: f"z + ({c}) * {kp}", store, kp)
+
+    if n >= 2:
+        with w.block(f"for (r = 0; r + 1 < {n}; r += 2)"):
+            chunk(2)
+    if n % 2:
+        w.line(f"r = {n - 1};")
+        chunk(1)

@@ -1,7 +1,8 @@
 """Pools on codes in C: MaxPool and GlobalMaxPool (nn.max_pool on integers: padding never wins,
 a window wholly in the padding gives the type's lowest value), AveragePool and
 GlobalAveragePool (kernels.average_pool: the exact window sum over the taps inside the image,
-divided by the window count with divide_round, to nearest, ties away from zero). Geometry
+divided by the window count with divide_round, to nearest, ties away from zero), and
+QAveragePool (kernels.qaverage_pool: the window sum of x − x_zero_point, requantized). Geometry
 (pads, strides, dilations, ceil_mode) comes from qcc.core.ops.nn.window, as in the interpreter.
 """
 
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from backends.c.ops import Kernel, KernelPlan, c_kernel
-from backends.c.ops.common import linear
+from backends.c.ops.common import Requant, linear
 from backends.c.writer import CWriter
 from qcc.core.errors import QccError
 from qcc.core.ir import Node
@@ -64,6 +65,7 @@ class WindowPoolKernel(Kernel):
 
     op_types = ("MaxPool",)
     average = False
+    requantizes = False  # QAveragePool: Σ (x − zx), then the node's Requant
 
     def plan(self, node: Node, ctx) -> KernelPlan:
         if len(node.outputs) > 1 and node.outputs[1].consumers:
@@ -77,22 +79,27 @@ class WindowPoolKernel(Kernel):
         axes = pool_axes(node, x.shape)
         average = self.average
         taps = math.prod(a.kernel for a in axes)
-        sum_t = "int32_t" if taps * x.absmax < 1 << 31 else "int64_t"
+        zx = int(node.attrs.get("x_zero_point", 0))
+        bound = taps * (x.absmax + abs(zx))
+        sum_t = "int32_t" if bound < 1 << 31 else "int64_t"
+        req = Requant.of(node, 1, "") if self.requantizes else None
         outs, taps_at = [f"o{i}" for i in range(len(axes))], [f"k{i}" for i in range(len(axes))]
         w.line(f"int32_t c, {', '.join(outs + taps_at)};")
         with w.block(f"for (c = 0; c < {x.shape[1]}; ++c)"):
             w.line(f"const {x.ctype} *const xc = x0 + c * {math.prod(a.size for a in axes)};")
-            w.line(f"{x.ctype} *const yc = y0 + c * {math.prod(a.out for a in axes)};")
+            w.line(f"{ctx.t(node.outputs[0]).ctype} *const yc = y0 + c * "
+                   f"{math.prod(a.out for a in axes)};")
             self._open(w, [(o, a.out) for o, a in zip(outs, axes)])
             if average:
                 w.line(f"{sum_t} total = 0;")
-                w.line("int32_t count = 0;")
+                if req is None:
+                    w.line("int32_t count = 0;")
             else:
                 w.line(f"{x.ctype} best = {TYPE_MIN[x.ctype]};")
             self._open(w, [(k, a.kernel) for k, a in zip(taps_at, axes)])
             for i, (o, k, a) in enumerate(zip(outs, taps_at, axes)):
                 w.line(f"const int32_t p{i} = {linear([(o, a.stride), (k, a.dilation)], -a.pad)};")
-            if average:
+            if average and req is None:
                 counted = " && ".join(f"p{i} >= {a.counted[0]} && p{i} < {a.counted[1]}"
                                       for i, a in enumerate(axes))
                 with w.block(f"if ({counted})"):
@@ -101,11 +108,16 @@ class WindowPoolKernel(Kernel):
             with w.block(f"if ({outside})"):
                 w.line("continue;")
             value = f"xc[{_row_major([f'p{i}' for i in range(len(axes))], [a.size for a in axes])}]"
+            if req is not None:
+                value = f"({value} - {zx})" if zx else value
             w.line(f"total += {value};" if average else
                    f"best = {value} > best ? {value} : best;")
             self._close(w, len(axes))
             out_index = _row_major(outs, [a.out for a in axes])
-            if average:  # a window with no counted tap: the interpreter's integer 0 // 0 is 0
+            if req is not None:  # every window counts the same taps: one Requant
+                w.line(f"yc[{out_index}] = ({ctx.t(node.outputs[0]).ctype})"
+                       f"{req.expr('total', '0', bound, sum_t, ctx.rt)};")
+            elif average:  # a window with no counted tap: the interpreter's integer 0 // 0 is 0
                 w.line(f"yc[{out_index}] = ({x.ctype})(count ? "
                        f"{ctx.rt}divide_round(total, count) : 0);")
             else:
@@ -129,6 +141,14 @@ class WindowPoolKernel(Kernel):
 class AveragePoolKernel(WindowPoolKernel):
     op_types = ("AveragePool",)
     average = True
+
+
+@c_kernel
+class RequantizingAveragePoolKernel(WindowPoolKernel):
+    op_types = ("QAveragePool",)
+    origin = "ONNX AveragePool as qcc.QAveragePool"
+    average = True
+    requantizes = True
 
 
 @c_kernel

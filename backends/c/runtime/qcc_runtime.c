@@ -83,3 +83,18 @@ float qcc_dequantize(int32_t code, int32_t zero_point, double scale)
 {
     return (float)((double)((int64_t)code - zero_point) * scale);
 }
+
+int32_t qcc_quantize_linear(float x, float scale, int32_t zero_point, int32_t lo, int32_t hi)
+{
+    const float v = x / scale;
+    if (v != v) {
+        return zero_point;
+    }
+    return v <= (float)(lo - zero_point) ? lo : v >= (float)(hi - zero_point) ? hi
+        : qcc_rint_small(v) + zero_point;
+}
+
+float qcc_dequantize_linear(int32_t code, int32_t zero_point, float scale)
+{
+    return (float)(code - zero_point) * scale;
+}

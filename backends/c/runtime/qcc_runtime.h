@@ -4,7 +4,8 @@
  * Each function names its Python twin (backends/numpy_int/kernels.py, qcc/numerics/rounding.py,
  * qcc/numerics/packing.py, qcc/numerics/binary.py; the training section at the end:
  * backends/numpy_int/train_step.py and training/); both give the same bits for every input.
- * C99, no malloc, no float except in qcc_quantize / qcc_dequantize (the model's float edges).
+ * C99, no malloc, no float except in qcc_quantize / qcc_dequantize (the model's float edges)
+ * and in the functions of pre-quantized models (onnxruntime's float32 requantization).
  *
  * The C backend copies this file next to a model as <name>_runtime.h, the function and macro
  * prefix renamed to the model's, so several models link into one firmware.
@@ -17,6 +18,8 @@
 #define QCC_RUNTIME_H
 
 #include <stdint.h>
+
+#include "qcc_dsp.h" /* the DSP extension's primitives, for the packed kernels */
 
 #if (-1 >> 1) != -1
 #error "qcc runtime: needs an arithmetic right shift of negative integers"
@@ -113,6 +116,84 @@ int32_t qcc_quantize(float x, double scale, int32_t zero_point, int32_t lo, int3
 
 /* kernels.dequantize (float edge): (code - zero_point) * scale in double, rounded to float. */
 float qcc_dequantize(int32_t code, int32_t zero_point, double scale);
+
+/*
+ * Pre-quantized models (onnxruntime QDQ / QOperator): onnxruntime's float32 arithmetic, as
+ * backends/numpy_int/qlinear.py reproduces it. ORT requantizes with a float multiplier:
+ * rne(f32(acc) * scale), the product rounded to 24 bits first and then to an integer, ties to
+ * even. That double rounding is no integer multiply-and-shift (qcc_requantize rounds once,
+ * ties away), so these functions compute in float32 exactly as ORT does; qlinear.py emulates
+ * the same float32 operations in int64 and gets the same bits. They need IEEE 754 binary32
+ * arithmetic, round to nearest even, evaluated in float (FLT_EVAL_METHOD 0: x86-64, Arm
+ * FPv4 / soft-float; checked below) and no -ffast-math.
+ */
+#include <float.h>
+#include <string.h>
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "qcc runtime: pre-quantized models need float arithmetic evaluated in float"
+#endif
+
+/* The integer nearest to v, ties to even, for |v| <= 2^22: v + 1.5 * 2^23 lies in [2^23, 2^24),
+ * where the float32 values are the integers, so the addition itself rounds (MLAS's
+ * MlasRoundingBias trick; no libm). */
+static inline int32_t qcc_rint_small(float v)
+{
+    return (int32_t)(v + 12582912.0f) - 12582912;
+}
+
+/* qlinear.requantize_like_ort (MlasRequantizeOutput): sat(rne(f32(acc) * scale) + zero_point).
+ * The caller converts the accumulator: (float)acc rounds to nearest even as f32_from_int. */
+static inline int32_t qcc_requantize_ort(float acc, float scale, int32_t zero_point, int32_t lo,
+                                         int32_t hi)
+{
+    const float v = acc * scale;
+    return v <= (float)(lo - zero_point) ? lo : v >= (float)(hi - zero_point) ? hi
+        : qcc_rint_small(v) + zero_point;
+}
+
+/* fma(a, b, c) in float32 rounded once (C99 fmaf; MLAS's QLinearAdd kernel uses the FMA
+ * instruction). The hardware instruction where the compiler has one (__FP_FAST_FMAF: Arm
+ * FPv4, x86 with -mfma); else exactly in double: a * b is exact (48 bits), TwoSum gives the
+ * sum's rounding error, a non-zero error makes the last bit odd (round to odd), and rounding
+ * that to float32 is the correctly rounded sum (Boldo & Melquiond, IEEE Trans. Computers 57(4),
+ * 2008: round to odd at >= 24 + 2 bits, then to nearest). No libm. */
+static inline float qcc_fmaf(float a, float b, float c)
+{
+#if defined(__FP_FAST_FMAF)
+    return __builtin_fmaf(a, b, c);
+#else
+    const double p = (double)a * (double)b;
+    double s = p + (double)c;
+    const double pb = s - (double)c, cb = s - pb;
+    const double err = (p - pb) + ((double)c - cb); /* s + err = p + c exactly (TwoSum) */
+    uint64_t bits;
+    memcpy(&bits, &s, sizeof bits);
+    if (err != 0.0 && (bits & 1u) == 0u) { /* one step towards the exact sum: odd */
+        bits = ((err > 0.0) == (s > 0.0)) ? bits + 1u : bits - 1u;
+        memcpy(&s, &bits, sizeof s);
+    }
+    return (float)s;
+#endif
+}
+
+/* The end of qlinear.qlinear_add_like_ort: rne(v), where a result beyond int32 is INT32_MIN
+ * (cvtps2dq), saturated to [lo, hi]. */
+static inline int32_t qcc_saturate_ort(float v, int32_t lo, int32_t hi)
+{
+    if (v >= 2147483648.0f || v <= -2147483648.0f) {
+        return lo;
+    }
+    return v <= (float)lo ? lo : v >= (float)hi ? hi : qcc_rint_small(v);
+}
+
+/* ONNX QuantizeLinear (float edge of a pre-quantized model): sat(rne(x / scale) +
+ * zero_point), the division in float32, as qcc.core.ops.quantize and ORT compute it. NaN
+ * gives zero_point. */
+int32_t qcc_quantize_linear(float x, float scale, int32_t zero_point, int32_t lo, int32_t hi);
+
+/* ONNX DequantizeLinear (float edge): (code - zero_point) * scale in float32. */
+float qcc_dequantize_linear(int32_t code, int32_t zero_point, float scale);
 
 /*
  * Training: the integer arithmetic of one fixed-point train step, function for function the
@@ -650,6 +731,352 @@ static inline void qcc_update_bias(int32_t m, int32_t *master, int32_t *bias, co
         master[c] = (int32_t)v;
         v = qcc_round_shift(v * mult[c], shift[c]);
         bias[c] = (int32_t)(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
+    }
+}
+
+/*
+ * Layers with sign activations (dot = "xnor") in training: the forward and backward dot
+ * products without a multiplication (Banner et al. 2018, ternarized back-propagation): only
+ * XNOR, popcount, additions, shifts and the sign selects of +-1 and ternary operands. Every
+ * product of two sizes is computed ahead of time by the emitter (train_ops.xnor_geometry), so
+ * the kernels step through the tensors by additions only. Sign activations a = sign(x),
+ * sign(0) = +1 (the input codes have zero point 0); taps in (c, ky, kx) order of one group,
+ * packed as xnor.pack_rows does (tap 32w + j in bit j of word w).
+ */
+typedef struct {
+    int32_t cg, h, w, mg, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups;
+    int32_t taps;          /* cg * kh * kw: the taps of one patch (bits of one weight row) */
+    int32_t words;         /* ceil(taps / 32) */
+    int32_t plane;         /* h * w: the offset of the next input channel */
+    int32_t row_ky;        /* dh * w: the offset of the next kernel row's input row */
+    int32_t row_oy;        /* sh * w: the offset of the next output row's first input row */
+    int32_t row0;          /* -ph * w: the offset of the first output row's first input row */
+    int32_t group_in;      /* cg * h * w: the input offset of the next group */
+    int32_t out_plane;     /* oh * ow */
+    int32_t group_out;     /* mg * oh * ow: the output offset of the next group */
+    int32_t group_words;   /* mg * words: the packed weight rows of one group */
+    int32_t w_row, w_tap;  /* weight (m, tap) at m * w_row + tap * w_tap */
+    int32_t group_w;       /* mg * w_row */
+    int32_t x_size, y_size; /* per sample */
+} qcc_xnor;
+
+/* binary.popcount32 with shifts and additions only (the runtime's SWAR popcount ends with a
+ * multiplication by 0x01010101) */
+static inline int32_t qcc_popcount_adds(uint32_t v)
+{
+    v -= (v >> 1) & 0x55555555u;
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    v += v >> 8;
+    v += v >> 16;
+    return (int32_t)(v & 0x3Fu);
+}
+
+/* the sign bits (x >= 0) and the mask of real (not padded) taps of the patch of one output
+ * position: iy0, ix0 its first input row and column, row0 = iy0 * w */
+static inline void qcc_xnor_patch(const qcc_xnor *g, const int32_t *xg, int32_t iy0,
+                                  int32_t row0, int32_t ix0, uint32_t *bits, uint32_t *valid)
+{
+    int32_t c, ky, kx, i, word = 0, plane = 0;
+    uint32_t bit = 1u;
+    for (i = 0; i < g->words; ++i) {
+        bits[i] = 0u;
+        valid[i] = 0u;
+    }
+    for (c = 0; c < g->cg; ++c) {
+        int32_t iy = iy0, row = row0 + plane;
+        for (ky = 0; ky < g->kh; ++ky) {
+            int32_t ix = ix0;
+            for (kx = 0; kx < g->kw; ++kx) {
+                if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
+                    valid[word] |= bit;
+                    if (xg[row + ix] >= 0) {
+                        bits[word] |= bit;
+                    }
+                }
+                bit <<= 1;
+                if (bit == 0u) {
+                    bit = 1u;
+                    ++word;
+                }
+                ix += g->dw;
+            }
+            iy += g->dh;
+            row += g->row_ky;
+        }
+        plane += g->plane;
+    }
+}
+
+/* xnor.conv_acc / gemm_acc of n samples without the bias: acc[m, p] = 2 * popcount(XNOR(a, w_m)
+ * & valid) - popcount(valid). patch: 2 * words scratch words. */
+static inline void qcc_xnor_forward(const qcc_xnor *g, int32_t n, const int32_t *x,
+                                    const uint32_t *wbits, uint32_t *patch, int32_t *acc)
+{
+    int32_t s, gi, oy, ox, mi, i;
+    uint32_t *const valid = patch + g->words;
+    for (s = 0; s < n; ++s) {
+        const int32_t *xg = x;
+        const uint32_t *wg = wbits;
+        int32_t *ag = acc;
+        for (gi = 0; gi < g->groups; ++gi) {
+            int32_t iy0 = -g->ph, row0 = g->row0, p = 0;
+            for (oy = 0; oy < g->oh; ++oy) {
+                int32_t ix0 = -g->pw;
+                for (ox = 0; ox < g->ow; ++ox) {
+                    const uint32_t *wr = wg;
+                    int32_t *at = ag + p;
+                    qcc_xnor_patch(g, xg, iy0, row0, ix0, patch, valid);
+                    for (mi = 0; mi < g->mg; ++mi) {
+                        int32_t agree = 0, real = 0;
+                        for (i = 0; i < g->words; ++i) {
+                            agree += qcc_popcount_adds(~(patch[i] ^ wr[i]) & valid[i]);
+                            real += qcc_popcount_adds(valid[i]);
+                        }
+                        *at = (agree << 1) - real;
+                        wr += g->words;
+                        at += g->out_plane;
+                    }
+                    ix0 += g->sw;
+                    ++p;
+                }
+                iy0 += g->sh;
+                row0 += g->row_oy;
+            }
+            xg += g->group_in;
+            wg += g->group_words;
+            ag += g->group_out;
+        }
+        x += g->x_size;
+        acc += g->y_size;
+    }
+}
+
+/* kernels.requantize of n samples of m channels of `plane` accumulators plus the bias:
+ * round_shift((acc + b) * mult, shift) + zp, clamped to [floor, hi] */
+static inline void qcc_requantize_channels(const int32_t *acc, int32_t n, int32_t m,
+                                           int32_t plane, const int32_t *b,
+                                           const int32_t *mult, const int32_t *shift,
+                                           int32_t zp, int32_t floor_, int32_t hi, int32_t *y)
+{
+    int32_t s, c, p;
+    for (s = 0; s < n; ++s) {
+        for (c = 0; c < m; ++c) {
+            for (p = 0; p < plane; ++p, ++acc, ++y) {
+                const int64_t v = qcc_round_shift(((int64_t)*acc + (b != 0 ? b[c] : 0)) *
+                                                  mult[c], shift[c]) + zp;
+                *y = (int32_t)(v < floor_ ? floor_ : v > hi ? hi : v);
+            }
+        }
+    }
+}
+
+/* gradients.conv_weight_grad of n samples for sign activations, added to gw (weight layout):
+ * gw[m, tap] += d[m, p] * a[tap of p], a = sign(x) in {-1, +1}, d = t[m, p] in {-1, 0, 1}
+ * (a ternarization, when t is not NULL) or dy[m, p]: a sign select and an addition */
+static inline void qcc_xnor_weight_grad(const qcc_xnor *g, int32_t n, const int32_t *x,
+                                        const qcc_grad *dy, const int8_t *t, uint32_t *patch,
+                                        qcc_grad *gw)
+{
+    int32_t s, gi, oy, ox, mi, j;
+    uint32_t *const valid = patch + g->words;
+    for (s = 0; s < n; ++s) {
+        const int32_t *xg = x;
+        qcc_grad *wg = gw;
+        int32_t base = 0; /* the sample's and group's first output element */
+        for (gi = 0; gi < g->groups; ++gi) {
+            int32_t iy0 = -g->ph, row0 = g->row0, p = base;
+            for (oy = 0; oy < g->oh; ++oy) {
+                int32_t ix0 = -g->pw;
+                for (ox = 0; ox < g->ow; ++ox) {
+                    qcc_grad *wm = wg;
+                    int32_t at = p;
+                    qcc_xnor_patch(g, xg, iy0, row0, ix0, patch, valid);
+                    for (mi = 0; mi < g->mg; ++mi) {
+                        const int64_t d = t != 0 ? t[at] : dy[at];
+                        if (d != 0) {
+                            qcc_grad *w = wm;
+                            int32_t word = 0;
+                            uint32_t bit = 1u;
+                            for (j = 0; j < g->taps; ++j) {
+                                if (valid[word] & bit) {
+                                    *w = (qcc_grad)(*w + ((patch[word] & bit) ? d : -d));
+                                }
+                                w += g->w_tap;
+                                bit <<= 1;
+                                if (bit == 0u) {
+                                    bit = 1u;
+                                    ++word;
+                                }
+                            }
+                        }
+                        wm += g->w_row;
+                        at += g->out_plane;
+                    }
+                    ix0 += g->sw;
+                    ++p;
+                }
+                iy0 += g->sh;
+                row0 += g->row_oy;
+            }
+            xg += g->group_in;
+            wg += g->group_w;
+            base += g->group_out;
+        }
+        x += g->x_size;
+        dy = dy != 0 ? dy + g->y_size : dy;
+        t = t != 0 ? t + g->y_size : t;
+    }
+}
+
+/* gradients.conv_input_grad of n samples for binary weights: dx[tap of p] = sum over m of
+ * b[m, tap] * d[m, p], b = +-1 the packed weight bits, d = src[m, p] or (with t) the select
+ * of +-scaled[m] or 0 by the ternary t[m, p]; dx is overwritten */
+static inline void qcc_xnor_input_grad(const qcc_xnor *g, int32_t n, const qcc_grad *src,
+                                       const int8_t *t, const int64_t *scaled,
+                                       const uint32_t *wbits, qcc_grad *dx)
+{
+    int32_t s, gi, oy, ox, mi, c, ky, kx, i;
+    for (s = 0; s < n; ++s) {
+        qcc_grad *xg = dx;
+        const uint32_t *wg = wbits;
+        const int64_t *sg = scaled;
+        int32_t base = 0;
+        for (i = 0; i < g->x_size; ++i) {
+            dx[i] = 0;
+        }
+        for (gi = 0; gi < g->groups; ++gi) {
+            int32_t iy0 = -g->ph, row0 = g->row0, p = base;
+            for (oy = 0; oy < g->oh; ++oy) {
+                int32_t ix0 = -g->pw;
+                for (ox = 0; ox < g->ow; ++ox) {
+                    const uint32_t *wr = wg;
+                    int32_t at = p;
+                    for (mi = 0; mi < g->mg; ++mi) {
+                        int64_t d;
+                        if (t != 0) {
+                            d = t[at] > 0 ? sg[mi] : t[at] < 0 ? -sg[mi] : 0;
+                        } else {
+                            d = src[at];
+                        }
+                        if (d != 0) {
+                            int32_t word = 0, plane = 0;
+                            uint32_t bit = 1u;
+                            for (c = 0; c < g->cg; ++c) {
+                                int32_t iy = iy0, row = row0 + plane;
+                                for (ky = 0; ky < g->kh; ++ky) {
+                                    int32_t ix = ix0;
+                                    for (kx = 0; kx < g->kw; ++kx) {
+                                        if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
+                                            qcc_grad *v = &xg[row + ix];
+                                            *v = (qcc_grad)(*v + ((wr[word] & bit) ? d : -d));
+                                        }
+                                        bit <<= 1;
+                                        if (bit == 0u) {
+                                            bit = 1u;
+                                            ++word;
+                                        }
+                                        ix += g->dw;
+                                    }
+                                    iy += g->dh;
+                                    row += g->row_ky;
+                                }
+                                plane += g->plane;
+                            }
+                        }
+                        wr += g->words;
+                        at += g->out_plane;
+                    }
+                    ix0 += g->sw;
+                    ++p;
+                }
+                iy0 += g->sh;
+                row0 += g->row_oy;
+            }
+            xg += g->group_in;
+            wg += g->group_words;
+            sg += g->mg;
+            base += g->group_out;
+        }
+        dx += g->x_size;
+        src = src != 0 ? src + g->y_size : src;
+        t = t != 0 ? t + g->y_size : t;
+    }
+}
+
+/* binary.stochastic_ternarize of n codes (one draw each, in order) into t in {-1, 0, 1} */
+static inline void qcc_ternarize(const qcc_grad *gy, int32_t n, int64_t s, qcc_rng *rng,
+                                 int8_t *t)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        t[i] = (int8_t)qcc_ternary(gy[i], s, rng);
+    }
+}
+
+/* out[m] = mult[m] * s: the binary layer's alpha_mult times the ternarization scale, once per
+ * channel and step (the input gradient's selects read it) */
+static inline void qcc_channel_scale(int32_t m, const int32_t *mult, int64_t s, int64_t *out)
+{
+    int32_t c;
+    for (c = 0; c < m; ++c) {
+        out[c] = mult[c] * s;
+    }
+}
+
+/* src[s, c, p] = dy[s, c, p] * mult[c] (exact gradients through a binary layer: G_A times
+ * alpha_mult, train_step's `source * mult`) */
+static inline void qcc_channel_product(const qcc_grad *dy, int32_t n, int32_t m, int32_t plane,
+                                       const int32_t *mult, qcc_grad *src)
+{
+    int32_t s, c, p;
+    for (s = 0; s < n; ++s) {
+        for (c = 0; c < m; ++c) {
+            for (p = 0; p < plane; ++p, ++dy, ++src) {
+                *src = (qcc_grad)(*dy * mult[c]);
+            }
+        }
+    }
+}
+
+/* The straight-through estimator of sign: the gradient is kept where lo < x < hi (the input
+ * code inside its format's range), zeroed elsewhere (passes/training_program.py) */
+static inline void qcc_ste_mask(qcc_grad *gx, int32_t n, const int32_t *x, int32_t lo,
+                                int32_t hi)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        if (x[i] <= lo || x[i] >= hi) {
+            gx[i] = 0;
+        }
+    }
+}
+
+/* The +-1 weight codes of m rows as packed sign bits (xnor.pack_rows of the rows), after
+ * every update of a trained layer with sign activations */
+static inline void qcc_xnor_pack_weights(const qcc_xnor *g, int32_t m, const int32_t *w,
+                                         uint32_t *wbits)
+{
+    int32_t r, j, i, row = 0;
+    for (r = 0; r < m; ++r) {
+        int32_t at = row, word = 0;
+        uint32_t bit = 1u;
+        for (i = 0; i < g->words; ++i) {
+            wbits[i] = 0u;
+        }
+        for (j = 0; j < g->taps; ++j) {
+            if (w[at] > 0) {
+                wbits[word] |= bit;
+            }
+            at += g->w_tap;
+            bit <<= 1;
+            if (bit == 0u) {
+                bit = 1u;
+                ++word;
+            }
+        }
+        row += g->w_row;
+        wbits += g->words;
     }
 }
 

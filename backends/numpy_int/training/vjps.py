@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from backends.numpy_int import xnor
 from backends.numpy_int.training import gradients as G
 from passes.training_program import GradRep, LayerProgram, TrainingProgram, backward_rep
 from qcc.core.ir import Node, Value
@@ -32,7 +33,9 @@ Flow = list[tuple[Value | None, Grad]]
 class Backward:
     """What an op's integer backward sees and advances: the program, every forward tensor, the
     batch size, the PRNG position, the saturation counts and the trained layers' results
-    {layer: (G_W codes, bias gradient sum)}."""
+    {layer: (G_W codes, bias gradient sum)}. With `record`, each trained layer's rounded G_A
+    and the input activations its dot products read are kept in `operands` (what
+    training/tbp_samples.py measures the ternarization on)."""
 
     program: TrainingProgram
     env: dict[str, np.ndarray]
@@ -41,6 +44,8 @@ class Backward:
     clipped: dict[str, int]
     results: dict[str, tuple[I64, I64 | None]] = field(default_factory=dict)
     layers: dict[str, LayerProgram] = field(default_factory=dict)
+    record: bool = False
+    operands: dict[str, tuple[I64, I64]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layers = {layer.name: layer for layer in self.program.layers}
@@ -53,7 +58,9 @@ class Backward:
 @dataclass(frozen=True)
 class WeightedVjp:
     """QConv / QGemm: mask, round and saturate G_A; G_W (exact, or from S ternarizations) and
-    the bias gradient when trained; the input gradient when the gradient flows on."""
+    the bias gradient when trained; the input gradient when the gradient flows on. A layer with
+    sign activations (layer.xnor) multiplies by a = sign(x) and sends its input gradient
+    through the straight-through estimator (passes/training_program.py)."""
 
     weight_grad: Callable[[Node, np.ndarray, I64, tuple[int, ...]], I64]
     input_grad: Callable[[Node, np.ndarray, I64, tuple[int, ...]], I64]
@@ -65,9 +72,12 @@ class WeightedVjp:
             codes = np.where(step.env[layer.output] > 0, codes, 0)
         ga, step.rng = G.round_gradient(codes, rep, layer.ga_exp, step.batch, step.rng)
         ga = G.saturate(ga, layer.ga_bits, step.clipped, f"{layer.name}.G_A")
-        x = step.env[layer.input].astype(np.int64)
+        x_codes = step.env[layer.input]
+        x = xnor.sign_codes(x_codes) if layer.xnor else x_codes.astype(np.int64)
         w = step.env[layer.weight]
         source = ga
+        if step.record and layer.trainable:
+            step.operands[layer.name] = (ga, x)
         if layer.trainable:
             gw, source = self._weight_gradient(step, layer, node, x, ga, w.shape)
             gw = G.saturate(gw, layer.gw_bits, step.clipped, f"{layer.name}.G_W")
@@ -79,12 +89,15 @@ class WeightedVjp:
         if layer.binary:
             mult = np.asarray(layer.alpha_mult, np.int64).reshape((1, -1) + (1,) * (ga.ndim - 2))
             source = source * mult
-        return [(node.inputs[0], (self.input_grad(node, w, source, x.shape), layer.dx_rep))]
+        dx = self.input_grad(node, w, source, x.shape)
+        if layer.xnor:  # straight-through: sign'(x) = 1 inside the clipping range, else 0
+            dx = np.where((x_codes > layer.ste_lo) & (x_codes < layer.ste_hi), dx, 0)
+        return [(node.inputs[0], (dx, layer.dx_rep))]
 
     def _weight_gradient(self, step: Backward, layer: LayerProgram, node: Node, x: I64,
                          ga: I64, w_shape: tuple[int, ...]) -> tuple[I64, I64]:
         """(G_W codes at gw_exp, the gradient to propagate): exact or seeds/000 Alg. 1."""
-        samples = step.program.options.grad_ternary
+        samples = layer.samples
         if not samples:
             exact = self.weight_grad(node, x, ga, w_shape)
             gw, step.rng = G.round_gradient(exact, GradRep(layer.ga_exp + layer.x_exp),

@@ -75,6 +75,8 @@ class FixedFormat:
     def from_spec(cls, spec: QuantSpec) -> FixedFormat:
         if spec.format != "fixed" or spec.pdr is None:
             raise ValueError(f"not a fixed-point spec: {spec}")
+        if "pdrs" in spec.extra:
+            raise ValueError(f"{spec} has one range per channel, not one FixedFormat")
         return cls(spec.bits, power_of_two_exponent(spec.pdr), spec.signed)
 
 

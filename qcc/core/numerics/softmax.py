@@ -91,17 +91,23 @@ def integer_softmax(codes: np.ndarray, tables: SoftmaxTables, axis: int = -1) ->
     """Output codes (int64) of the integer Softmax of `codes` along `axis` (NumPy reference of the
     C kernel: identical integer operations, in uint64 where C uses uint64_t)."""
     q = np.asarray(codes, dtype=np.int64)
-    d = q.max(axis=axis, keepdims=True) - q
-    h, lo = d // TABLE_SPLIT, d % TABLE_SPLIT
-    in_table = (h < len(tables.high)) & (lo < len(tables.low))
-    low = tables.low[np.where(in_table, lo, 0)].astype(np.uint64)
-    high = tables.high[np.where(in_table, h, 0)].astype(np.uint64)
-    half = np.uint64(1 << (EXP_FRAC_BITS - 1))
-    e = np.where(in_table, (low * high + half) >> np.uint64(EXP_FRAC_BITS), np.uint64(0))
+    e = exp_terms(q.max(axis=axis, keepdims=True) - q, tables.low, tables.high)
     s = e.sum(axis=axis, keepdims=True, dtype=np.uint64)
     out = (e * np.uint64(1 << tables.out_frac_bits) + s // np.uint64(2)) // s
     lo_code, hi_code = int_range(tables.out_bits, tables.out_signed)
     return np.clip(out.astype(np.int64) + tables.out_zero_point, lo_code, hi_code)
+
+
+def exp_terms(d: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """E(d) = (LOW[d mod 256] HIGH[d div 256] + 2^(F-1)) >> F as uint64 for code differences
+    d >= 0 (zero past the tables' ends): 2^F exp(-s d) within 3/2 (module docstring)."""
+    h, lo = d // TABLE_SPLIT, d % TABLE_SPLIT
+    in_table = (h < len(high)) & (lo < len(low))
+    low_terms = low[np.where(in_table, lo, 0)].astype(np.uint64)
+    high_terms = high[np.where(in_table, h, 0)].astype(np.uint64)
+    half = np.uint64(1 << (EXP_FRAC_BITS - 1))
+    return np.where(in_table, (low_terms * high_terms + half) >> np.uint64(EXP_FRAC_BITS),
+                    np.uint64(0))
 
 
 def reference_codes(codes: np.ndarray, in_step: float, tables: SoftmaxTables,

@@ -22,7 +22,7 @@ SAME_RANGE = ("MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "F
               "Split")
 
 
-@range_fn("Quantize", "QConv", "QGemm", "QAdd", "Requantize")
+@range_fn("Quantize", "QConv", "QGemm", "QAdd", "Requantize", "QAveragePool")
 def _requantized(node: Node, inputs: list[CodeRange | None]) -> CodeRange | None:
     if not writes_code_range(node):
         return None
@@ -48,7 +48,7 @@ def _gather(node: Node, inputs: list[CodeRange | None]) -> CodeRange | None:
     return int(table.const.min()), int(table.const.max())
 
 
-@range_fn("QSoftmax")
+@range_fn("QSoftmax", "QLogSoftmax")
 def _softmax(node: Node, inputs: list[CodeRange | None]) -> CodeRange | None:
     return int(node.attrs["out_lo"]), int(node.attrs["out_hi"])
 

@@ -24,7 +24,7 @@ import numpy as np
 from qcc.core.errors import QccError
 from qcc.core.ir import Node
 from qcc.core.ops.nn import Window, conv_window, pool_window, window_counts
-from qcc.core.registry import vjp
+from qcc.core.registry import declare, vjp
 
 Arrays = list[np.ndarray | None]
 
@@ -154,6 +154,10 @@ def matmul_vjp(node: Node, inputs: Arrays, outputs: Arrays, grads: Arrays) -> Ar
     da = unbroadcast(np.matmul(dy2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
     db = unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), dy2), b2.shape).reshape(b.shape)
     return [_like(da, a), _like(db, b)]
+
+
+# training updates BatchNormalization's scale and shift; its running statistics stay
+declare("BatchNormalization", trained_inputs=(1, 2))
 
 
 @vjp("BatchNormalization")

@@ -4,11 +4,18 @@ backends/numpy_int (the arithmetic's specification) and backends/c.
 - `Quantize` (float -> codes), `Requantize`, `QConv`, `QGemm`, `QAdd`: codes in
   [out_lo, out_hi], stored in the narrowest integer type holding them
   (qcc.core.numerics.codes.storage_dtype); their arithmetic is qcc.core.requant.Requant.
+- `QAveragePool`: an AveragePool whose windows all count the same n taps, with its own output
+  format: Σ_window (x − x_zero_point) requantized by M·2^-S = s_x / (n·s_y) (attributes of
+  AveragePool plus those of the Requant), one rounding instead of a mean at the input's step.
 - `Dequantize`: codes -> float32.
 - `QSoftmax`: probabilities as codes in [out_lo, out_hi] from codes, by the tables of
   qcc.core.numerics.softmax (inputs: codes, LOW, HIGH; attributes axis, flatten,
   out_frac_bits, out_zero_point).
-- `QLinearGemm`, `QLinearAdd`, `QLinearGlobalAveragePool`, `QLinearRequantize`: onnxruntime's
+- `QLogSoftmax`: log-probabilities as codes in [out_lo, out_hi] from codes, by
+  qcc.core.numerics.log_softmax (inputs: codes, LOW, HIGH; attributes axis, flatten,
+  diff_mult, log_mult, d_cap, out_zero_point).
+- `QLinearGemm`, `QLinearAdd`, `QLinearGlobalAveragePool`, `QLinearRequantize`,
+  `QLinearSoftmax`: onnxruntime's
   com.microsoft contrib ops of the same inputs (uint8 / int8 codes of the output zero point's
   type, else of the input's).
 """
@@ -29,6 +36,7 @@ for _op in CODE_PRESERVING:
     declare(_op, moves_codes=True)
 
 CONV_ATTRS = ("strides", "pads", "dilations", "group", "kernel_shape", "auto_pad")
+POOL_ATTRS = ("strides", "pads", "kernel_shape", "auto_pad", "ceil_mode", "count_include_pad")
 FLOAT32 = np.dtype(np.float32)
 
 
@@ -49,7 +57,7 @@ def _quantize(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
     return [TensorType(tuple(x.shape[int(p)] for p in perm), code_dtype(node))]
 
 
-@shape_fn("Requantize", "QSoftmax")
+@shape_fn("Requantize", "QSoftmax", "QLogSoftmax")
 def _codes_like_input(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
     return [same_shape(inputs[0], code_dtype(node))]
 
@@ -64,6 +72,13 @@ def _qconv(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
     conv = onnx_output_types(node, [_as_float(t) for t in inputs], "Conv",
                              {k: v for k, v in node.attrs.items() if k in CONV_ATTRS})
     return [TensorType(conv[0].shape if conv else None, code_dtype(node))]
+
+
+@shape_fn("QAveragePool")
+def _qaverage_pool(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
+    pool = onnx_output_types(node, [_as_float(t) for t in inputs], "AveragePool",
+                             {k: v for k, v in node.attrs.items() if k in POOL_ATTRS})
+    return [TensorType(pool[0].shape if pool else None, code_dtype(node))]
 
 
 @shape_fn("QGemm")
@@ -114,7 +129,7 @@ def _qlinear_global_average_pool(node: Node, inputs: list[TensorType | None]
     return [TensorType(shape, _qlinear_dtype(inputs, 4, x))]
 
 
-@shape_fn("QLinearRequantize")
+@shape_fn("QLinearRequantize", "QLinearSoftmax")
 def _qlinear_requantize(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
     return [same_shape(inputs[0], _qlinear_dtype(inputs, 4, inputs[0]))]
 

@@ -13,6 +13,16 @@ QONNX ops (domain `qonnx.custom_op.general`, also read under FINN's older
 
 Scale, zero point and bit width broadcast against x (per tensor or per channel).
 
+Compiled, a Trunc of activations is qcc's integer op `QTrunc` (domain `qcc`): on the codes of x
+at the Trunc's input grid (scale, zero point 0, in_bits), a right shift by
+t = in_bits - out_bits (v1) or t = round(log2(out_scale / scale)) (v2) rounded by rounding_mode
+(`trunc_shift`, exact on integers), clamped to [min_int, max_int] of (signed, narrow, out_bits)
+for v2, plus the output's code zero point:
+
+    QTrunc(x; x_zero_point, shift, rounding_mode, clamp_lo, clamp_hi, out_zero_point, out_lo,
+           out_hi)   y = clip(trunc_shift(x - x_zero_point, shift), clamp_lo, clamp_hi)
+                         + out_zero_point
+
 qcc's own APoTQuant(x, alpha; bits, k, signed, grid_rounding) (domain `qcc`) is RCF with
 projection onto the APoT level set (seeds/004 eq. 7): y = α · Π_{Q(1,b)}(clip(x / α, [-1, 1])),
 the levels those of qcc.core.numerics.apot.APoTFormat(bits, k, signed) (PoT when k is the
@@ -29,6 +39,7 @@ outside, q the clipped, rounded code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -36,13 +47,16 @@ import numpy as np
 from qcc.core.errors import QccError
 from qcc.core.ir import Node
 from qcc.core.numerics import apot
+from qcc.core.numerics.codes import storage_dtype
 from qcc.core.ops.grads import unbroadcast
 from qcc.core.registry import (
     QCC_DOMAIN,
     QONNX_DOMAINS,
+    CodeRange,
     TensorType,
     declare,
     float_kernel,
+    range_fn,
     shape_fn,
     vjp,
 )
@@ -193,6 +207,108 @@ def trunc_vjp(node: Node, inputs: list, outputs: list, grads: list) -> list:
     return [grads[0], *([None] * (len(inputs) - 1))]
 
 
+def trunc_shift(v: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """ROUNDING[mode](v / 2^shift) for integers v, in int64 arithmetic (no float: exact for
+    every int64). Arithmetic right shifts floor; the other modes correct the floor by the
+    remainder r = v - floor(v / 2^t)·2^t in [0, 2^t)."""
+    v = np.asarray(v, dtype=np.int64)
+    if shift == 0:
+        return v.copy()
+    if shift < 0 or shift > 62:
+        raise QccError(f"QTrunc: shift {shift} is outside 0..62")
+    mode = mode.upper()
+    q = v >> shift
+    r = v - (q << shift)
+    half = np.int64(1) << (shift - 1)
+    up = r > 0  # v is not a multiple of 2^t: ceil = floor + 1
+    if mode == "FLOOR":
+        return q
+    if mode == "CEIL":
+        return q + up
+    if mode in ("ROUND", "HALF_EVEN"):
+        return q + ((r > half) | ((r == half) & ((q & 1) == 1)))
+    negative = v < 0
+    if mode == "HALF_UP":  # half away from zero
+        return q + ((r > half) | ((r == half) & ~negative))
+    if mode == "HALF_DOWN":  # half toward zero
+        return q + ((r > half) | ((r == half) & negative))
+    if mode == "UP":  # away from zero
+        return q + (up & ~negative)
+    if mode in ("DOWN", "ROUND_TO_ZERO"):  # toward zero
+        return q + (up & negative)
+    raise QccError(f"QTrunc: unknown rounding_mode {mode!r} (known: {', '.join(ROUNDING)})")
+
+
+@dataclass(frozen=True)
+class TruncParams:
+    """What a QONNX Trunc does to codes on its input grid (scale, zero point 0): shift right by
+    `shift` with `rounding_mode`, clamp to [clamp_lo, clamp_hi] (v2; v1 does not clamp), and
+    the result is a code of `out_scale` with `out_bits` bits."""
+
+    scale: float
+    in_bits: int
+    shift: int
+    rounding_mode: str
+    out_scale: float
+    out_bits: int
+    signed: bool | None  # v2's attribute; None for v1 (no clamp: signed as its input)
+    narrow: bool
+
+    def clamp(self, signed: bool) -> tuple[int, int]:
+        return int_bounds(signed, self.narrow, self.out_bits)
+
+
+def trunc_params(node: Node) -> TruncParams:
+    params = _trunc_params(node)
+    if params.shift < 0:
+        raise QccError(f"Trunc {node.name!r}: its output step is finer than its input's "
+                       f"(shift {params.shift}); qcc compiles truncations, not extensions")
+    return params
+
+
+def _trunc_params(node: Node) -> TruncParams:
+    """The constants of a Trunc that compiles (every input but x constant, one scale, zero
+    point 0, shift >= 0); one QccError naming the node otherwise."""
+    for v in node.inputs[1:]:
+        if v is None or not v.is_const:
+            raise QccError(f"Trunc {node.name!r}: scale, zero point and bit widths must be "
+                           "constants to compile")
+    if len(node.inputs) not in (5, 6):
+        raise QccError(f"Trunc {node.name!r}: takes 5 (v1) or 6 (v2) inputs, not "
+                       f"{len(node.inputs)}")
+    consts = [np.asarray(v.const, dtype=np.float64) for v in node.inputs[1:]]
+    if any(c.size != 1 for c in consts):
+        raise QccError(f"Trunc {node.name!r}: a per-channel scale, zero point or bit width is "
+                       "not supported (one per tensor)")
+    values = [float(c.ravel()[0]) for c in consts]
+    scale, zero = values[0], values[1]
+    check_scale(node, np.asarray(scale))
+    if zero != 0:
+        raise QccError(f"Trunc {node.name!r}: qcc compiles a zero point of 0 only, got {zero:g}")
+    in_bits = bit_width(node, consts[2])
+    mode = str(node.attrs.get("rounding_mode", "FLOOR")).upper()
+    rounding(node, "FLOOR")  # a known mode
+    if len(node.inputs) == 5:  # v1: the low in_bits - out_bits bits go, the scale stays
+        out_bits = bit_width(node, consts[3], "output bit width")
+        return TruncParams(scale, in_bits, in_bits - out_bits, mode, scale, out_bits, None,
+                           False)
+    out_scale, out_bits = values[3], bit_width(node, consts[4], "output bit width")
+    check_scale(node, np.asarray(out_scale))
+    shift = int(np.round(np.log2(out_scale / scale)))  # QONNX: a power of two
+    return TruncParams(scale, in_bits, shift, mode, out_scale, out_bits,
+                       bool(node.attrs.get("signed", 1)), bool(node.attrs.get("narrow", 0)))
+
+
+def qtrunc(node: Node, x: np.ndarray) -> np.ndarray:
+    """QTrunc on codes (module docstring): the integer form of a compiled QONNX Trunc."""
+    a = node.attrs
+    v = trunc_shift(np.asarray(x, dtype=np.int64) - int(a.get("x_zero_point", 0)),
+                    int(a["shift"]), str(a.get("rounding_mode", "FLOOR")))
+    v = np.clip(v, int(a["clamp_lo"]), int(a["clamp_hi"])) + int(a.get("out_zero_point", 0))
+    lo, hi = int(a["out_lo"]), int(a["out_hi"])
+    return np.clip(v, lo, hi).astype(storage_dtype(lo, hi))
+
+
 # -- APoTQuant (qcc) ------------------------------------------------------------------------
 def apot_format(node: Node) -> apot.APoTFormat:
     try:
@@ -289,6 +405,18 @@ def _bit_width_inputs(node: Node) -> tuple[int, ...]:
     if node.op_type == "Trunc":
         return (3, 4) if len(node.inputs) == 5 else (3, 5)
     return ()
+
+
+@shape_fn("QTrunc")
+def _qtrunc_shape(node: Node, inputs: list[TensorType | None]) -> list[TensorType]:
+    x = inputs[0]
+    dtype = storage_dtype(int(node.attrs["out_lo"]), int(node.attrs["out_hi"]))
+    return [TensorType(x.shape if x is not None else None, dtype)]
+
+
+@range_fn("QTrunc")
+def _qtrunc_range(node: Node, inputs: list[CodeRange | None]) -> CodeRange | None:
+    return int(node.attrs["out_lo"]), int(node.attrs["out_hi"])
 
 
 for _op in QONNX_OPS:

@@ -21,7 +21,7 @@ from onnx import helper
 
 from qcc.core.errors import QccError
 from qcc.core.ir import Node
-from qcc.core.registry import float_kernel
+from qcc.core.registry import declare, float_kernel
 
 FLOAT8 = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
                                   ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)}
@@ -30,6 +30,10 @@ SMALL_FLOATS = {np.dtype(t) for t in (ml_dtypes.float4_e2m1fn, ml_dtypes.float6_
                                        ml_dtypes.float6_e3m2fn)}
 INTEGERS = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, ml_dtypes.uint4,
                                    ml_dtypes.int4, ml_dtypes.uint2, ml_dtypes.int2)}
+
+# a pre-quantized model's float edges (backends/c/emit.py: the C library's input and output)
+declare("QuantizeLinear", float_edge="quantize")
+declare("DequantizeLinear", float_edge="dequantize")
 
 
 def broadcast_param(node: Node, p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

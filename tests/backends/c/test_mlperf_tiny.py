@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.c.build import SANITIZE, build_host, missing_tools, run_host
+from backends.c.build import SANITIZE, build_host, build_mcu, missing_tools, run_host, run_qemu
 from backends.c.library import FLASH_BUDGET, emit_library
 from qcc.driver.c_check import EXTREMES, interpreter_outputs, sample_inputs
 from qcc.driver.pipeline import compile_model
@@ -64,6 +64,20 @@ def test_host_and_sanitized_builds_are_bit_exact(built) -> None:
     assert_same(build_host(outdir, name, outdir / "host_sanitized", opt="-O1", extra=SANITIZE),
                 built)
     assert len(np.unique(codes[EXTREMES:], axis=0)) > 1  # the inputs reach different outputs
+
+
+@pytest.mark.slow
+def test_packed_dsp_kernels_are_bit_exact(built) -> None:
+    """The packed kernels (backends/c/ops/dsp.py) on the host's portable twins of the DSP
+    intrinsics under ASan/UBSan, and on QEMU's Cortex-M4 (the intrinsics and assembly loops),
+    on the same inputs: 100 for the four models, 10 for the NHWC variants (same kernels)."""
+    name, graph, outdir, summary, xs, codes, floats = built
+    assert_same(build_host(outdir, name, outdir / "host_dsp", opt="-O1",
+                           extra=(f"-D{name.upper()}_DSP=1", *SANITIZE)), built)
+    assert not missing_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    count = 10 if name.endswith("_nhwc") else SAMPLES
+    run = run_qemu(build_mcu(outdir, name), xs[:count], outdir, timeout=1800)
+    np.testing.assert_array_equal(run.codes, codes[:count])
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@
 Models: ResNet-8 (3x3 / 1x1 stride-2 convs, residual QAdd, GlobalAveragePool), digits (MaxPool,
 Flatten, Gemm) and `kitchen_sink` below, a small graph built with onnx.helper that reaches
 the other kernels: depthwise dilated conv with padding, grouped strided conv with asymmetric
-pads, AveragePool (pads, count_include_pad = 0), MaxPool (pads, ceil_mode), QAdd, pointwise
+pads, AveragePool (pads, count_include_pad = 0; and with count_include_pad = 1 as qcc.QAveragePool), MaxPool
+(pads, ceil_mode), QAdd, pointwise
 stride-2 convs, Concat (written in place), Transpose, Gemm without transB, GlobalAveragePool,
 MatMul. Its convs read signed activations, so with --binary-activations the XNOR kernels see
 real signs and padding."""
@@ -58,7 +59,10 @@ def kitchen_sink(seed: int = 0) -> onnx.ModelProto:
     flat = node("Flatten", [node("Transpose", [cat], "tr", perm=[0, 1, 3, 2])], "flat", axis=1)
     h = node("Relu", [node("Gemm", [flat, init("wf", (150, 12)), init("bf", (12,), 0.1)],
                            "fc")], "fr")
-    gf = node("Flatten", [node("GlobalAveragePool", [g], "gap")], "gf", axis=1)
+    # padding that counts (count_include_pad = 1): every window n = 4 taps, a QAveragePool
+    g2 = node("AveragePool", [g], "ap2", kernel_shape=[2, 2], pads=[1, 0, 0, 1],
+              count_include_pad=1)
+    gf = node("Flatten", [node("GlobalAveragePool", [g2], "gap")], "gf", axis=1)
     node("MatMul", [node("Concat", [h, gf], "cat2", axis=1), init("wo", (20, 5))], "output")
     graph = helper.make_graph(
         nodes, "kitchen_sink", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
@@ -74,6 +78,7 @@ def kitchen_sink(seed: int = 0) -> onnx.ModelProto:
 # (model, scheme, bits, binary activations, what the emitted code must contain)
 CASES = [
     ("kitchen_sink", "fixed", 8, False, ["depthwise conv", "im2col", "AveragePool",
+                                         "qcc.QAveragePool",
                                          "written into their slices", "copy by index map"]),
     ("kitchen_sink", "fixed", 4, False, ["4-bit codes packed"]),
     ("kitchen_sink", "fixed", 16, False, ["16-bit codes", "int64_t"]),

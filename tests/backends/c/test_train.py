@@ -157,6 +157,35 @@ def test_host_c_matches_numpy_bit_for_bit(tmp_path: Path, gcc: str, rule: str,
     assert all(layer.binary == (precision == ONE_BIT) for layer in program.layers)
 
 
+def with_softmax(path: Path) -> Path:
+    """digits.onnx ending in Softmax, as Keras/TFLite classifiers do."""
+    model = onnx.load(DIGITS / "digits.onnx")
+    logits = model.graph.output[0].name
+    model.graph.node.append(onnx.helper.make_node("Softmax", [logits], ["probs"], axis=-1))
+    model.graph.output[0].name = "probs"
+    onnx.save(model, path)
+    return path
+
+
+def test_a_final_integer_softmax_stays_and_the_loss_takes_its_logits(tmp_path: Path,
+                                                                    gcc: str) -> None:
+    """Inference keeps its integer Softmax (the C library returns probabilities); the train
+    step takes the loss on the codes that Softmax reads, bit-exact in NumPy and host C."""
+    out = tmp_path / "digits"
+    compile_digits(out, "fx", model=with_softmax(tmp_path / "digits.onnx"),
+                   precision=("--bits", "8"))
+    integer = load_outdir(out).integer
+    softmax = next(n for n in integer.nodes if n.op_type == "QSoftmax")
+    data = batches(integer, 20)
+    write_data(tmp_path / "data.i32", data)
+    logits, flat = parse(run_host(out, tmp_path / "data.i32"), 20)
+    integer, program, state, losses = numpy_run(out, data)
+    assert program.logits == softmax.inputs[0].name
+    c_losses = [float_loss(z, program.logits_exp, y) for z, (_, _, y) in zip(logits, data)]
+    assert c_losses == losses
+    assert_same_state(program, integer, state, flat, 20)
+
+
 ERRORS = r"""
 #include <stdio.h>
 #include <string.h>

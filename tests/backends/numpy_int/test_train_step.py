@@ -61,10 +61,11 @@ def wide_rows(integer, names, ga=-19, gw=-24, acc=-29) -> dict:
 def compile_digits(bits: int = 8, scheme: str = "fixed"):
     reference = run_passes(import_model(DIGITS / "digits.onnx"), ["fold_batchnorm"])
     calib = np.load(DIGITS / "calib.npz")["x"]
-    config = QuantConfig(scheme=scheme, default_bits=bits)
+    config = QuantConfig(scheme=scheme, default_bits=bits, for_training=True)
     if scheme == "binary":
         config = QuantConfig(scheme="fixed", default_bits=bits, layers={
-            n: LayerConfig(1, bits, "binary") for n in ("conv1", "conv2", "fc1", "fc2")})
+            n: LayerConfig(1, bits, "binary") for n in ("conv1", "conv2", "fc1", "fc2")},
+            for_training=True)
     return reference, quantize_graph(reference, calibrate(reference, calib), config)
 
 
@@ -169,7 +170,7 @@ def test_backward_through_residual_add_and_global_pool() -> None:
     reference = run_passes(import_model(zoo.resnet8()), ["fold_batchnorm"])
     x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
     integer = quantize_graph(reference, calibrate(reference, x),
-                             QuantConfig(scheme="fixed", default_bits=12))
+                             QuantConfig(scheme="fixed", default_bits=12, for_training=True))
     names = [n.name for n in integer.nodes if n.op_type in ("QConv", "QGemm")]
     integer, program = program_for(integer, wide_rows(integer, names, ga=-18, gw=-20, acc=-28),
                                    batch=4)

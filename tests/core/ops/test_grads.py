@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from qcc.core.ir import Node, Value
-from qcc.core.registry import OPS, _load_ops
+from qcc.core.registry import OPS
 
 EPS = 1e-6
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -67,7 +67,6 @@ def check_vjp(op: str, arrays: list[np.ndarray | None], attrs: dict | None = Non
     g = np.asarray(rng.normal(size=y.shape))
     node = Node(op, "n", [None if a is None else Value(f"i{k}") for k, a in enumerate(arrays)],
                 [Value("y")], dict(attrs), opset)
-    _load_ops()
     grads = OPS[op].vjp(node, list(arrays), [y], [g])
     assert len(grads) == len(arrays)
     for k, a in enumerate(arrays):
@@ -298,7 +297,6 @@ def test_relabelling_ops(op: str, shape: tuple, attrs: dict, extra: np.ndarray |
 
 def test_a_wrong_gradient_is_caught() -> None:
     """The checker itself can fail: a VJP with a sign error must not pass."""
-    _load_ops()
     original = OPS["Sub"].vjp
     try:
         OPS["Sub"].vjp = lambda node, inputs, outputs, grads: [grads[0], grads[0]]

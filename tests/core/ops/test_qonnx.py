@@ -17,6 +17,7 @@ from qcc.core.errors import QccError
 from qcc.core.ir import Node
 from qcc.core.numerics import apot
 from qcc.core.ops.qonnx import (
+    ROUNDING,
     apot_quant,
     apot_quant_vjp,
     bipolar_quant,
@@ -25,6 +26,7 @@ from qcc.core.ops.qonnx import (
     quant,
     quant_vjp,
     trunc,
+    trunc_shift,
 )
 from qcc.core.registry import lookup
 
@@ -194,3 +196,16 @@ def test_bipolar_gradient_is_eq8_with_sign_levels():
                      bipolar_quant(n, x, np.array(scale - h))) / (2 * h))
     np.testing.assert_allclose(float(ds), fd, rtol=1e-6)
     np.testing.assert_array_equal(dx, dy)
+
+
+# -- QTrunc: the integer form of Trunc --------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(1 << 40), 1 << 40), min_size=1, max_size=40),
+       st.integers(0, 24), st.sampled_from(sorted(ROUNDING)))
+def test_trunc_shift_is_the_rounding_of_the_quotient(values, shift, mode):
+    """trunc_shift (int64 shifts) against the QONNX rounding functions on the quotient, which
+    float64 holds exactly here (|v| < 2^53, divided by a power of two), ties included."""
+    v = np.asarray(values + [k << shift for k in (-3, 3)] +
+                   [(2 * k + 1) << max(shift - 1, 0) for k in (-2, -1, 0, 1)], dtype=np.int64)
+    want = ROUNDING[mode](v.astype(np.float64) / 2.0 ** shift).astype(np.int64)
+    np.testing.assert_array_equal(trunc_shift(v, shift, mode), want)
