@@ -283,7 +283,7 @@ def model_table(args, work: Path, console: Console) -> list[dict]:
         table.add_column(col, justify="left" if col in ("model", "scheme") else "right")
     for r in rows:
         before = BEFORE[r["model"]][0 if r["scheme"] == "fixed" else 1]
-        table.add_row(r["model"], r["scheme"], f"{r['macs']:,}", f"{r['per_mac']:.2f}",
+        table.add_row(r["model"], r["scheme"], f"{r['macs']:,}", f"{r['per_mac']:.3f}",
                       f"{before:.2f}" if before else "-",
                       f"<= {TARGET[r['model']]}" if r["scheme"] == "affine" else "<= affine",
                       f"{r['flash_bytes']:,}" if r["flash_bytes"] else "-",

@@ -89,10 +89,40 @@ def fuse_qdq(graph: Graph) -> Graph:
     """Rewrite QDQ node units into integer ops, as onnxruntime's QDQ transformers fuse them."""
     check_qdq_scales(graph)
     counts = _Fuser(graph).run()
+    counts.update(whole_map_qlinear_pools(graph))
     if counts:
         done = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
         graph.history.append(f"fuse_qdq: {done}")
     return graph
+
+
+def whole_map_qlinear_pools(graph: Graph) -> Counter[str]:
+    """QOperator models: com.microsoft QLinearAveragePool over the whole unpadded map is the
+    global pool (ORT's own fallback, qlinear_pool.cc); other windows are refused."""
+    counts: Counter[str] = Counter()
+    for node in graph.nodes:
+        if node.op_type != "QLinearAveragePool":
+            continue
+        if not _whole_map(node) or node.attrs.get("channels_last", 0):
+            raise QccError(f"QLinearAveragePool {node.name!r}: qcc runs it over the whole "
+                           "unpadded NCHW map only (the global average pool)")
+        node.op_type, node.attrs = "QLinearGlobalAveragePool", {}
+        out, zero_point = node.outputs[0], node.input(4)
+        out.dtype = np.dtype(zero_point.dtype if zero_point is not None else node.inputs[0].dtype)
+        out.shape = tuple(node.inputs[0].shape[:2]) + (1,) * (len(node.inputs[0].shape) - 2)
+        counts["QLinearGlobalAveragePool"] += 1
+    return counts
+
+
+def _whole_map(node: Node) -> bool:
+    """An average pool whose window is its whole unpadded, undilated input map."""
+    shape = node.inputs[0].shape
+    kernel = [int(k) for k in node.attrs.get("kernel_shape", ())]
+    return not (shape is None or len(shape) != len(kernel) + 2 or list(shape[2:]) != kernel
+                or any(int(p) for p in node.attrs.get("pads", ()))
+                or any(int(d) != 1 for d in node.attrs.get("dilations", ()))
+                or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET",
+                                                                b"VALID"))
 
 
 def check_qdq_scales(graph: Graph) -> None:
@@ -271,14 +301,7 @@ class _Fuser:
 
     def whole_map_average_pool(self, node: Node, out: QParams, q: Node) -> Value | None:
         """An AveragePool whose window is the whole (unpadded) map is the global pool."""
-        shape = node.inputs[0].shape
-        kernel = [int(k) for k in node.attrs.get("kernel_shape", ())]
-        if shape is None or len(shape) != len(kernel) + 2 or list(shape[2:]) != kernel or any(
-                int(p) for p in node.attrs.get("pads", ())) or any(
-                int(d) != 1 for d in node.attrs.get("dilations", ())) or node.attrs.get(
-                "auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
-            return None
-        return self.global_average_pool(node, out, q)
+        return self.global_average_pool(node, out, q) if _whole_map(node) else None
 
     def code_chain(self, q: Node, out: QParams) -> Value | None:
         """DQ -> code-moving ops -> Q: the ops on the codes, then one exact requantization."""

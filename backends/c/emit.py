@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish
+from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish, scratch_slot
 from backends.c.ops import KernelPlan, kernel_for
 from backends.c.ops.movement import concat_layout
 from backends.c.ops.qlinear import edge_format
@@ -251,7 +251,7 @@ def share_storage(edges: Edges, plans: dict[str, KernelPlan], ctx: EmitContext) 
             if v.name in ctx.info:
                 slots.append(Slot(v.name, ctx.info[v.name].nbytes, i, last.get(v.name, i)))
         for k, s in enumerate(plans[node.name].scratch):
-            slots.append(Slot(f"{node.name}/s{k}", s.nbytes, i, i))
+            slots.append(Slot(scratch_slot(node.name, k, ctx.info), s.nbytes, i, i))
     storage = Storage(slots)
     storage.pinned[edges.input_codes.name] = "input"
     for node in body:
@@ -403,7 +403,7 @@ def _infer(w: CWriter, name: str, edges: Edges, ctx: EmitContext, memory: Memory
                 for i, v in enumerate(_live_inputs(node)) if i != in_place]
         args += [_pointer(v.name, ctx.t(v).ctype, memory, ctx.info, edges)
                  for v in node.outputs]
-        args += [_pointer(f"{node.name}/s{k}", s.ctype, memory, ctx.info, edges)
+        args += [_pointer(scratch_slot(node.name, k, ctx.info), s.ctype, memory, ctx.info, edges)
                  for k, s in enumerate(plan.scratch)]
         calls.append(f"{fn}({', '.join(args)});")
     out_kind = memory.where[edges.output_codes.name][0]

@@ -20,6 +20,7 @@ buffers can use less, so arena / lower_bound measures the placement alone.
 from __future__ import annotations
 
 import random
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 ALIGN = 8  # every buffer starts on 8 bytes: int64 scratch and 32-bit words load aligned
@@ -34,6 +35,15 @@ class Slot:
     size: int
     start: int
     end: int
+
+
+def scratch_slot(node_name: str, k: int, tensors: Container[str]) -> str:
+    """The slot of a node's k-th scratch area: `<node>/s<k>`, primed until no tensor of the
+    graph has that name (tensor names are free text, so `X/s0` may be one)."""
+    name = f"{node_name}/s{k}"
+    while name in tensors:
+        name += "'"
+    return name
 
 
 @dataclass

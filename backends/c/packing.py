@@ -14,6 +14,8 @@ and training rewrites them after the quantization pass, so the library stores wh
   the kernels multiply by a level as shift-adds of its power-of-two terms (seeds/004 §2.2);
 - `xnor`: the signs of a row in uint32 words, qcc.core.numerics.binary.pack_signs's layout, for
   XNOR-popcount layers.
+
+`pack_dsp_rows` lays int8 rows out in the order the packed DSP kernels read them (ops/dsp.py).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Errors are positive, as the inference API's: <NAME>_TRAIN_ERR_NULL 1, _ERR_BATCH
 _ERR_LABEL 3, _ERR_SIZE 4; nothing changes when a call refuses.
 
 Supported: every op NumPy training supports (passes/training_program.py), with 2-D windows.
+Layers with sign activations (dot = "xnor") keep their ±1 weights also as packed sign rows
+(`wb_<layer>`, repacked after each update) and run forward and backward through the qcc_xnor
+kernels of the runtime header: XNOR-popcounts, sign selects and additions, no multiplier
+(tests/backends/c/test_train_xnor.py checks the Cortex-M4 object code).
 """
 
 from __future__ import annotations

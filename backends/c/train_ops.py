@@ -10,7 +10,8 @@ program.backward_nodes:
 - `growth(e, node)`: by how much one input gradient value can exceed the largest incoming one
   (the windows that overlap at one position), for train_emit.gradient_bound.
 The forward of every node is the inference library's kernel (backends/c/ops), except for the
-trained layers, whose weights live in RAM (qcc_conv_forward).
+trained layers, whose weights live in RAM (qcc_conv_forward; qcc_xnor_forward for a layer with
+sign activations, whose backward is `WeightedTrain.xnor_backward`).
 """
 
 from __future__ import annotations
@@ -144,12 +145,12 @@ class WeightedTrain:
         geom = xnor_geometry(e, node)
         samples = layer.samples
         t1 = e.array("int8_t", f"tern_{n}", None, e.N * e.sizes[layer.output]) if samples else "0"
-        patch = e.array("uint32_t", f"patch_{n}", None, 2 * xnor_words(node))
         flow: Flow = []
         with w.block(""):
             if samples:
                 w.line(f"const int64_t tbp_s = qcc_absmax({gy}, {count});")
             if layer.trainable:
+                patch = e.array("uint32_t", f"patch_{n}", None, 2 * xnor_words(node))
                 size = int(np.prod(layer.weight_shape))
                 gw = e.array("qcc_grad", f"gw_{n}", None, size)
                 xb = e.wide(layer.input)

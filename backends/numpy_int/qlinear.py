@@ -564,3 +564,18 @@ def qlinear_softmax(node: Node, x: np.ndarray, x_scale: np.ndarray,
     if int(node.attrs.get("opset", 13)) >= 13:
         out = np.transpose(out, np.argsort(perm))
     return out.astype(dtype)
+
+
+@int_kernel("QLinearAveragePool")
+def qlinear_average_pool(node: Node, x: np.ndarray, x_scale: np.ndarray,
+                         x_zero_point: np.ndarray | None, y_scale: np.ndarray,
+                         y_zero_point: np.ndarray | None = None) -> np.ndarray:
+    """com.microsoft QLinearAveragePool over the whole unpadded NCHW map, which ORT computes as
+    the global pool (qlinear_pool.cc, `fallback_to_global`); passes/fuse_qdq.py renames such
+    nodes, other windows (dequantized float sums in ORT) are refused."""
+    kernel = [int(k) for k in node.attrs.get("kernel_shape", ())]
+    if list(x.shape[2:]) != kernel or any(int(p) for p in node.attrs.get("pads", ())) or \
+            node.attrs.get("channels_last", 0):
+        raise QccError(f"QLinearAveragePool {node.name!r}: qcc runs it over the whole unpadded "
+                       "NCHW map only (the global average pool)")
+    return qlinear_global_average_pool(node, x, x_scale, x_zero_point, y_scale, y_zero_point)

@@ -36,7 +36,7 @@ NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnif
 # same inputs and semantics (backends/numpy_int/qlinear.py)
 ORT_CONTRIB_OPS = {"QGemm": "QLinearGemm", "QLinearAdd": "QLinearAdd",
                    "QLinearGlobalAveragePool": "QLinearGlobalAveragePool",
-                   "QLinearSoftmax": "QLinearSoftmax"}
+                   "QLinearSoftmax": "QLinearSoftmax", "QLinearAveragePool": "QLinearAveragePool"}
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

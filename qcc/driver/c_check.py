@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from backends.c.emit import split_edges
-from backends.c.tensors import input_shape
+from backends.c.ops.qlinear import edge_format
+from backends.c.tensors import analyse, input_shape
 from backends.numpy_int import run_integer
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph
@@ -20,9 +21,11 @@ def sample_inputs(graph: Graph, count: int, seed: int = 0) -> np.ndarray:
     """`count` float32 samples: EXTREMES at the edges of the input codes (huge values that
     saturate to the lowest and highest codes, exact ties between two codes, the zero point,
     alternating extremes), the rest N(0, σ) with σ a third of the input range."""
-    quantize = split_edges(graph).quantize.attrs
-    scale, zp = float(quantize["scale"]), int(quantize.get("out_zero_point", 0))
-    lo, hi = int(quantize["out_lo"]), int(quantize["out_hi"])
+    edges = split_edges(graph)
+    quantize = edge_format(edges.quantize)  # qcc.Quantize or a pre-quantized model's ONNX one
+    scale, zp = quantize.scale, quantize.zero_point
+    codes_info = analyse(graph)[edges.input_codes.name]
+    lo, hi = codes_info.lo, codes_info.hi
     shape = input_shape(graph)[1:]
     rng = np.random.default_rng(seed)
     size = int(np.prod(shape))

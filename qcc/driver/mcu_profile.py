@@ -87,6 +87,9 @@ def measure_layers(outdir: Path, loaded: Loaded, x: np.ndarray) -> dict:
     layers = [{"name": n["name"], "function": n["function"],
                "instructions": round(per_call[n["function"]])}
               for n in summary["nodes"] if n["function"] in per_call]
+    if f"{name}_infer" not in per_call:
+        raise QccError(f"--mcu-layers: no SysTick count for {name}_infer in the instrumented "
+                       "build; not measured")
     infer = round(per_call[f"{name}_infer"])
     return {"model_sha256": _digest(outdir), "samples": len(samples),
             "instructions_per_tick": INSTRUCTIONS_PER_TICK, "infer_instructions": infer,

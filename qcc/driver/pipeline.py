@@ -221,6 +221,14 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     for node in weighted_nodes(graph):  # each layer's widths within what its format takes
         cfg = config.layer(node.name)
         get_scheme(cfg.scheme).check_widths(cfg.weight_bits, cfg.act_bits, f"layer {node.name!r}")
+    for node in weighted_nodes(graph):
+        x = node.inputs[0]
+        if config.layer(node.name).binary_activations and x.name in stats \
+                and stats[x.name].lo >= 0:
+            notes.append(f"layer {node.name!r} takes sign activations of {x.name!r}, which is "
+                         "never negative on the calibration data (a ReLU output?): sign(x) is "
+                         "+1 everywhere and carries nothing; binarized networks put the sign "
+                         "in place of the ReLU")
     integer = quantize_graph(graph, stats, config)
     return Compiled(graph, integer, config, stats, precision_report(graph, integer, config),
                     notes)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,15 +77,13 @@ def perturb_config(config: QuantConfig, delta: int) -> QuantConfig:
     """C_o + delta·1 for the feed-forward precisions (B_W, B_A of every layer, the default)."""
     layers = {name: LayerConfig(c.weight_bits + delta, c.act_bits + delta, c.scheme,
                                 c.binary_activations) for name, c in config.layers.items()}
-    return QuantConfig(config.scheme, config.default_bits + delta, config.output_bits, layers,
-                       for_training=True)
+    return QuantConfig(config.scheme, config.default_bits + delta, config.output_bits, layers)
 
 
 def binary_config(config: QuantConfig) -> QuantConfig:
     """Every weighted layer with ±α weights (1 bit), activations as in `config`."""
     layers = {name: LayerConfig(1, c.act_bits, "binary") for name, c in config.layers.items()}
-    return QuantConfig(config.scheme, config.default_bits, config.output_bits, layers,
-                       for_training=True)
+    return QuantConfig(config.scheme, config.default_bits, config.output_bits, layers)
 
 
 @dataclass
@@ -106,7 +104,8 @@ def prepare(trained: Graph, initial: Graph, stats: dict[str, TensorStats],
     `rows`, weights replaced by the initial float weights in the same formats; binary layers
     take their α from the initial weights instead."""
     binary = any(c.scheme == "binary" for c in config.layers.values())
-    integer = quantize_graph(initial if binary else trained, stats, config)
+    integer = quantize_graph(initial if binary else trained, stats,
+                             replace(config, for_training=True))
     set_training_formats(integer, rows)
     program = build_training_program(integer, options)
     if not binary:

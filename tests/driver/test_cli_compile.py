@@ -212,3 +212,14 @@ def test_qdq_model_with_bad_scale(tmp_path: Path, scale: float) -> None:
               tmp_path / "bad.onnx")
     out = tmp_path / "out"
     assert_failed_cleanly(run_qcc("compile", tmp_path / "bad.onnx", "-o", out), out, "scale")
+
+
+def test_sign_of_a_never_negative_tensor_is_named(tmp_path: Path) -> None:
+    """--binary-activations on layers that read ReLU outputs: sign(x) is +1 everywhere, which
+    compiles but cannot carry anything; the compile says so for each such layer."""
+    result = run_qcc("compile", DIGITS / "digits.onnx", "--bits", "8", "--scheme", "binary",
+                     "--binary-activations", "--calib", DIGITS / "calib.npz",
+                     "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    named = [line for line in result.stderr.splitlines() if "never negative" in line]
+    assert len(named) == 3 and all(line.startswith("qcc: note: layer ") for line in named)

@@ -22,6 +22,11 @@ Four loop orders, all giving acc = b + Σ (x − zx)·w exactly (then kernels.re
 - xnor (sign activations, binary weights): per output position the patch's sign bits and
   validity mask in uint32 words, then 2·popcount(XNOR(a, w) & valid) − popcount(valid) per
   output channel (xnor.py's identity).
+
+Where the core has the DSP extension (`#if <NAME>_DSP`), 8-bit layers with int8 weights run
+packed kernels instead (ops/dsp.py): strips of int16 codes times 2 x 2 SMLAD blocks for
+ungrouped convs (1x1 included), and for depthwise convs an int16 canvas of each channel with
+its padding, times the kernel rows' tap pairs, four outputs at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from backends.c.ops.dsp import (
     dsp_layer,
     dsp_macro,
     emit_row_blocks,
+    widen,
 )
 from backends.c.ops.weights import RowReader
 from backends.c.packing import WeightRows, store_rows
@@ -726,8 +732,7 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
                 with w.block(f"for (iw = 0; iw < {g.wd}; ++iw)"):
                     w.line(f"row[iw] = (int16_t)(xc[ih * {g.wd} + iw] - {s.zx});")
             else:
-                widen = f"{rt}dsp_widen_{'u8' if x_t == 'uint8_t' else 's8'}"
-                w.line(f"{widen}(xc + ih * {g.wd}, row, {g.wd});")
+                w.line(f"{widen(x_t, rt)}(xc + ih * {g.wd}, row, {g.wd});")
         names = []
         for kh in range(g.kh):
             for j in range(pairs):

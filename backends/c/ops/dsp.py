@@ -3,19 +3,24 @@ multiply-accumulates per instruction), emitted beside the portable loops of conv
 under `#if <NAME>_DSP` (backends/c/runtime/qcc_dsp.h says when that holds).
 
 One inner product serves 2-D convolution (im2col strips), 1x1 convolution and Gemm: a block of
-two output channels (weight rows) times two columns (output positions, or input rows of a Gemm):
+two output channels (weight rows) times two columns (output positions, or input rows of a
+Gemm), or of four rows times one column (a Gemm of one input row):
 
     acc[r][c] = init[r] + Σ_k w[r][k] · x[c][k],
 
-with x the raw activation codes widened to int16 (a convolution's strip, a Gemm's converted
+with x the raw activation codes widened to int16 (a convolution's strip, a Gemm's widened
 row) and the input zero point folded into init = b − zx·Σ_k w (gemmlowp's offset trick, seeds/000
 §B: Σ (x − zx)·w = Σ x·w − zx·Σ w), so no subtraction runs per tap. Per word of four taps the
-block loads two weight words (one per row, stored next to each other by
-packing.pack_dsp_pairs), widens them with SXTB16 into four int16 pairs, loads two activation
-pairs per column and issues eight SMLADs: 16 MACs in 18 instructions, two words per loop trip.
+block loads the activation pairs once, then per row one weight word (the rows' words stored
+next to each other by packing.pack_dsp_rows, taps in the order SXTB16 unpacks them), two
+SXTB16 and one SMLAD per column and pair: 16 MACs in 17 instructions for 2 x 2, two words per
+loop trip. Where gcc targets the DSP extension the loop is one asm statement (gcc at -Os
+reloads the activation pairs per row otherwise); elsewhere it is C on the intrinsics'
+portable twins, which the host tests run.
 
-Requantization (`DspRequant`) is one SMLAL and a shift (qcc_dsp_requantize); the bound that
-makes it exact is checked per channel here, and a layer where it fails keeps the portable path.
+Requantization (`DspRequant`) takes one of three forms of kernels.requantize that stay in 32
+bits or use one SMLAL / SMMLA / SMMULR; the bound that makes a form exact is computed per layer
+here, and a layer where no form is exact keeps the portable path.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from backends.c.ops.common import INT32_LIMIT, Requant, int_literal
 from backends.c.packing import DSP_GROUP, dsp_taps, pack_dsp_rows
 from backends.c.writer import CWriter
 
-DSP_TYPES = ("int8_t", "uint8_t")  # activation codes the kernels widen to int16
+# activation codes the kernels take as int16 (SMLAD multiplies 16-bit halves)
+DSP_TYPES = ("int8_t", "uint8_t", "int16_t")
+
+
+def widen(x_t: str, rt: str) -> str:
+    """The qcc_dsp.h function copying codes of C type x_t into int16."""
+    return f"{rt}dsp_widen_{ {'uint8_t': 'u8', 'int8_t': 's8', 'int16_t': 's16'}[x_t]}"
 
 
 def dsp_macro(ctx) -> str:
@@ -68,12 +79,12 @@ class DspRequant:
         top = max(h for _, h in high)
         if high_ok and all(m << (top - h) < INT32_LIMIT for m, h in high):
             high = [(m << (top - h), top) for m, h in high]
-        if high_ok and req.lo >= req.zero_point:  # SMMULR / SMMLA: the cheapest
+        if high_ok:  # SMMULR / SMMLA (a fused ReLU), or SMLAL and the high word
             return cls._padded(high, "high", req, prefix, block)
-        if all(s <= 31 and bound * m + (1 << s >> 1) < INT32_LIMIT for m, s in pairs):
-            return cls._padded(pairs, "word", req, prefix, block)
-        if high_ok:
-            return cls._padded(high, "high", req, prefix, block)
+        top = max(s for _, s in pairs)
+        for form in ([(m << (top - s), top) for m, s in pairs], pairs):  # one shift first
+            if all(s <= 31 and bound * m + (1 << s >> 1) < INT32_LIMIT for m, s in form):
+                return cls._padded(form, "word", req, prefix, block)
         if all(1 <= s <= 31 and bound * m < 1 << (31 + s) for m, s in pairs):
             return cls._padded(pairs, "low", req, prefix, block)
         return None
@@ -85,9 +96,20 @@ class DspRequant:
         return cls([m for m, _ in pairs], [s for _, s in pairs], form, req.zero_point, req.lo,
                    req.hi, prefix)
 
+    @property
+    def mult_base(self) -> int | None:
+        """The common odd part of the multipliers when they differ only by powers of two (a
+        fixed-point layer's M = 2^(32−S)): a table of exponents then replaces the int32 one."""
+        odd = {m >> ((m & -m).bit_length() - 1) for m in self.mults}
+        return odd.pop() if len(odd) == 1 and len(set(self.mults)) > 1 else None
+
     def define(self, w: CWriter) -> None:
         """Per-channel tables of the multipliers and shifts that are not one constant."""
-        if len(set(self.mults)) > 1:
+        base = self.mult_base
+        if base is not None:
+            exps = [(m // base).bit_length() - 1 for m in self.mults]
+            w.array(f"static const uint8_t {self.prefix}_mexp[{len(exps)}]", exps)
+        elif len(set(self.mults)) > 1:
             w.array(f"static const int32_t {self.prefix}_mult[{len(self.mults)}]", self.mults)
         if len(set(self.shifts)) > 1:
             w.array(f"static const uint8_t {self.prefix}_shift[{len(self.shifts)}]",
@@ -95,7 +117,9 @@ class DspRequant:
 
     def declare(self, w: CWriter, channel: str, tag: str) -> None:
         """Declare m<tag>, h<tag>, f<tag>: the channel's multiplier, shift and rounding half."""
+        base = self.mult_base
         m = str(self.mults[0]) if len(set(self.mults)) == 1 else \
+            f"(int32_t)((uint32_t){base} << {self.prefix}_mexp[{channel}])" if base else \
             f"{self.prefix}_mult[{channel}]"
         h = str(self.shifts[0]) if len(set(self.shifts)) == 1 else \
             f"{self.prefix}_shift[{channel}]"
@@ -138,13 +162,15 @@ class DspLayer:
 def dsp_layer(codes: np.ndarray, bias: np.ndarray, zx: int, x_absmax: int, req: Requant,
               cname: str, block: int = 2) -> DspLayer | None:
     """The packed kernel's constants for weight rows `codes` (rows, k), or None when the layer
-    needs the portable path: codes beyond int8, or partial sums of raw codes (whose bound is
-    computed here: k · max|x| · max|w| + max|init|) beyond int32, or a requantization
-    DspRequant cannot do exactly."""
+    needs the portable path: codes beyond int8, rows half padding, or partial sums of raw
+    codes (whose bound is computed here: k · max|x| · max|w| + max|init|) beyond int32, or a
+    requantization DspRequant cannot do exactly."""
     codes = np.asarray(codes, np.int64)
     if codes.size == 0 or codes.min() < -128 or codes.max() > 127:
         return None
     rows, k = codes.shape
+    if dsp_taps(k) >= 2 * k:  # as many zero taps as taps (k <= 4): the portable loop wins
+        return None
     init = bias.astype(np.int64) - zx * codes.sum(axis=1)
     bound = k * x_absmax * int(np.abs(codes).max()) + int(np.abs(init).max(initial=0))
     if bound >= INT32_LIMIT:

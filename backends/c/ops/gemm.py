@@ -4,7 +4,8 @@ x (..., K) times the weight rows W (M, K) (the ONNX weight transposed at emit ti
 transB = 0), one dot product per output: acc = b_m + Σ_k (x_k − zx)·w_mk, then requantized per
 output column. Rows of packed weights are unpacked once per output; APoT / PoT rows multiply
 by shift-adds (backends/c/ops/weights.py). XNOR layers pack the signs of each input row into
-uint32 words once and take one XNOR-popcount per output.
+uint32 words once and take one XNOR-popcount per output. 8-bit layers with int8 weights run
+the packed kernel of ops/dsp.py where the core has the DSP extension (`#if <NAME>_DSP`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from backends.c.ops.dsp import (
     dsp_layer,
     dsp_macro,
     emit_row_blocks,
+    widen,
 )
 from backends.c.ops.weights import RowReader
 from backends.c.packing import store_rows
@@ -53,9 +55,10 @@ class QGemmKernel(Kernel):
         dsp = None
         if self.packed and not xnor and x.ctype in DSP_TYPES and \
                 store_rows(codes, "").kind == "int8":
-            # one input row: blocks of four weight rows share its loads; else 2 x 2 blocks
+            # one input row: blocks of four weight rows share its loads (where no zero row
+            # pads the last block: flash); else 2 x 2 blocks
             dsp = dsp_layer(codes, b, zx, x.absmax, req, ctx.cname(node, "wd"),
-                            block=4 if x.numel // k == 1 and m > 2 else 2)
+                            block=4 if x.numel // k == 1 and m % 4 == 0 else 2)
         if dsp is not None:  # the portable path's weights only where it runs
             ctx.consts.directive(f"#if !{dsp_macro(ctx)}")
         rows = ctx.weights(node, "w", codes, xnor=xnor)
@@ -169,11 +172,11 @@ def _emit_dsp(w: CWriter, ctx, layer: DspLayer, n: int, x_t: str, out_t: str) ->
     def store(row: str, col: str, value: str) -> str:
         return f"y0[(r + {col}) * {m} + {row}] = ({out_t}){value};"
 
-    widen = f"{rt}dsp_widen_{'u8' if x_t == 'uint8_t' else 's8'}"
+    widen_x = widen(x_t, rt)
 
     def chunk(cols: int) -> None:
         for c in range(cols):
-            w.line(f"{widen}(x0 + (r + {c}) * {k}, z + {c * kp}, {k});")
+            w.line(f"{widen_x}(x0 + (r + {c}) * {k}, z + {c * kp}, {k});")
         with w.block(""):
             emit_row_blocks(w, ctx, layer, cols, lambda c: f"z + ({c}) * {kp}", store, kp)
 

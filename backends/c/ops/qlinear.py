@@ -2,10 +2,14 @@
 
 A model quantized by onnxruntime.quantization (QDQ, fused by passes/fuse_qdq.py, or QOperator)
 is an integer graph of QLinearConv, QLinearMatMul, qcc.QLinearGemm (ORT's QGemm), qcc.QLinearAdd,
-qcc.QLinearGlobalAveragePool and qcc.QLinearRequantize between an ONNX QuantizeLinear and a
-DequantizeLinear, plus the ops that move codes (MaxPool, Reshape, ..., emitted by their usual
-kernels). The accumulation is exact integer arithmetic, so the conv and gemm loops are qcc's own
-(conv.py, gemm.py): each QLinear node is handed to them as the qcc.QConv / qcc.QGemm it equals
+qcc.QLinearGlobalAveragePool (also a whole-map AveragePool), qcc.QLinearSoftmax and
+qcc.QLinearRequantize between an ONNX QuantizeLinear and a DequantizeLinear, plus the ops that
+move codes (MaxPool, Reshape, ..., emitted by their usual kernels). The library's C API is the
+usual one (backends/c/emit.py): <name>_quantize_input divides in float32 and rounds half to even
+as ONNX QuantizeLinear, <name>_dequantize_output multiplies in float32 as DequantizeLinear.
+
+The accumulation is exact integer arithmetic, so the conv and gemm loops are qcc's own (conv.py,
+gemm.py): each QLinear node is handed to them as the qcc.QConv / qcc.QGemm it equals
 up to the requantization (weights minus their zero points, the input zero point as
 x_zero_point, the int32 bias), with `OrtRequant` in place of qcc's integer Requant.
 
@@ -17,7 +21,9 @@ of k + 1/2 rounds to the tie and then to even), so it is emitted in float32 exac
 computes it (qcc_requantize_ort, qcc_fmaf in the runtime, which says what it assumes of the
 compiler). The format change DQ -> Q of 8-bit codes (qcc.QLinearRequantize) is a function of one
 code: a 256-entry table computed here, no float in C. All scale arithmetic (ratios, ORT's
-constant k of QLinearAdd) happens here once, in float32, in ORT's operation order.
+constant k of QLinearAdd, QLinearSoftmax's table of exponentials) happens here once, in float32
+(double for the table, as ORT), in ORT's operation order. Not bit-exact: QLinearSoftmax at some
+exact rounding ties (tests/backends/c/test_ort_quantized_c.py, one code).
 """
 
 from __future__ import annotations
@@ -62,15 +68,13 @@ def edge_format(node: Node) -> EdgeFormat:
         return EdgeFormat(float(node.attrs["scale"]), int(node.attrs.get("zero_point", 0)),
                           False)
     scale, zero_point = node.inputs[1], node.input(2)
-    codes = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
     if not scale.is_const or scale.const.size != 1 or (
             zero_point is not None and (not zero_point.is_const or zero_point.const.size != 1)):
         raise QccError(f"{node.op_type} {node.name!r}: the C library's input and output take "
                        "one constant scale and zero point")
-    if np.dtype(codes.dtype) not in EIGHT_BIT or scale.const.dtype != np.float32:
+    if scale.const.dtype != np.float32:
         raise QccError(f"{node.op_type} {node.name!r}: the C library's input and output take "
-                       f"uint8 / int8 codes with a float32 scale, not {np.dtype(codes.dtype)} "
-                       f"codes with a {scale.const.dtype} scale")
+                       f"a float32 scale, not {scale.const.dtype}")
     zp = 0 if zero_point is None else int(zero_point.const.ravel()[0])
     return EdgeFormat(float(scale.const.ravel()[0]), zp, True)
 
@@ -111,8 +115,10 @@ class OrtRequant:
                 f"{self.hi})")
 
 
-def _code_range(value: Value) -> tuple[int, int]:
-    dtype = np.dtype(value.dtype)
+def _code_range(value: Value, ctx) -> tuple[int, int]:
+    """The storage range of 8-bit codes (the type from shape inference: a Value's own dtype
+    may predate the passes)."""
+    dtype = np.dtype(ctx.t(value).dtype)
     if dtype not in EIGHT_BIT:
         raise QccError(f"tensor {value.name!r}: onnxruntime's QLinear ops take uint8 / int8 "
                        f"codes in the C backend, not {dtype}")
@@ -155,9 +161,9 @@ def _per_channel(node: Node, v: np.ndarray, channels: int, what: str) -> np.ndar
     return np.broadcast_to(v, (channels,)).astype(F32)
 
 
-def _output(node: Node, zp_value: Value | None, channels: int, scales: np.ndarray,
+def _output(node: Node, ctx, zp_value: Value | None, channels: int, scales: np.ndarray,
             prefix: str) -> OrtRequant:
-    lo, hi = _code_range(node.outputs[0])
+    lo, hi = _code_range(node.outputs[0], ctx)
     zp = int(_zero_points(node, zp_value, 1)[0])
     _check_scales(node, scales)
     return OrtRequant(_per_channel(node, scales, channels, "the requantization scale"), zp, lo,
@@ -171,12 +177,12 @@ def _check_scales(node: Node, scales: np.ndarray) -> None:
                        "normal float32 numbers")
 
 
-def _view(node: Node, op_type: str, x: Value, w_codes: np.ndarray, bias: Value | None,
+def _view(node: Node, ctx, op_type: str, x: Value, w_codes: np.ndarray, bias: Value | None,
           attrs: dict, zx: int) -> Node:
     """The qcc op (QConv / QGemm) this node equals up to its requantization, not in any graph:
     weights minus their zero points, zx as x_zero_point. Its integer Requant is a placeholder
     (M = 1, S = 0) that OrtRequant replaces."""
-    lo, hi = _code_range(node.outputs[0])
+    lo, hi = _code_range(node.outputs[0], ctx)
     w = Value(f"{node.name}/w", tuple(w_codes.shape), np.dtype(np.int64), w_codes)
     view_attrs = dict(attrs, x_zero_point=zx, multiplier=[1], shift=[0], out_lo=lo, out_hi=hi)
     return Node(op_type, node.name, [x, w, bias], node.outputs, view_attrs, node.opset,
@@ -216,7 +222,7 @@ class QLinearConvKernel(ViewKernel, QConvKernel):
         if node.name in ctx.memo:
             return ctx.memo[node.name][0]
         x, w = node.inputs[0], node.inputs[3]
-        _code_range(x)
+        _code_range(x, ctx)
         if not w.is_const:
             raise QccError(f"QLinearConv {node.name!r}: the weights must be constants")
         m = w.const.shape[0]
@@ -226,12 +232,12 @@ class QLinearConvKernel(ViewKernel, QConvKernel):
         codes = w.const.astype(np.int64) - zw
         attrs = {k: v for k, v in node.attrs.items() if k in (
             "auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
-        view = _view(node, "QConv", x, codes, _bias(node, node.input(8)), attrs, zx)
+        view = _view(node, ctx, "QConv", x, codes, _bias(node, node.input(8)), attrs, zx)
         # qlinear.ort_output_scale: (x_scale · w_scale) / y_scale in float32, in this order
         scales = (_scalar(node, xs, "x_scale") * _per_channel(node, ws, m, "w_scale")) / \
             _scalar(node, ys, "y_scale")
         setup = replace(super().setup(view, ctx),
-                        req=_output(node, node.input(7), m, scales, ctx.cname(node, "rq")))
+                        req=_output(node, ctx, node.input(7), m, scales, ctx.cname(node, "rq")))
         ctx.memo[node.name] = (setup,)
         ctx.memo[f"{node.name}/view"] = view
         return setup
@@ -251,7 +257,7 @@ class QLinearGemmKernel(ViewKernel, QGemmKernel):
         if cached is not None:
             return cached
         a, b = node.inputs[0], node.inputs[3]
-        _code_range(a)
+        _code_range(a, ctx)
         if not b.is_const or b.const.ndim != 2:
             raise QccError(f"{node.op_type} {node.name!r}: the C backend needs a constant 2-D "
                            "weight matrix")
@@ -270,14 +276,14 @@ class QLinearGemmKernel(ViewKernel, QGemmKernel):
         zb = _zero_points(node, node.inputs[5], m)
         codes = b.const.astype(np.int64) - (zb.reshape(-1, 1) if trans_b else zb.reshape(1, -1))
         bias = _bias(node, node.input(6)) if gemm else None
-        view = _view(node, "QGemm", a, codes, bias, {"transB": trans_b}, za)
+        view = _view(node, ctx, "QGemm", a, codes, bias, {"transB": trans_b}, za)
         sb = _per_channel(node, sb, m, "b_scale")
         if gemm:  # qlinear.qlinear_gemm: f32(f32(alpha · a_scale) · b_scale) / y_scale
             scales = (F32(node.attrs.get("alpha", 1.0)) * _scalar(node, sa, "a_scale")) * sb
         else:
             scales = _scalar(node, sa, "a_scale") * sb
         scales = scales / _scalar(node, sy, "y_scale")
-        req = _output(node, node.input(y_index + 1), m, scales, ctx.cname(node, "rq"))
+        req = _output(node, ctx, node.input(y_index + 1), m, scales, ctx.cname(node, "rq"))
         result = super().setup(view, ctx)
         result = result[:4] + (req,) + result[5:]
         ctx.memo[node.name] = result
@@ -357,7 +363,7 @@ class QLinearAddKernel(Kernel):
             raise QccError(f"QLinearAdd {node.name!r}: constant inputs are not supported by "
                            "the C backend")
         for v in (a, b):
-            _code_range(v)
+            _code_range(v, ctx)
         scales = [_scalar(node, s, "a scale") for s in _float32(
             node, node.inputs[1], node.inputs[4], node.inputs[6])]
         _check_scales(node, np.array(scales))
@@ -373,7 +379,7 @@ class QLinearAddKernel(Kernel):
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
         c = self.constants(node, ctx)
-        lo, hi = _code_range(node.outputs[0])
+        lo, hi = _code_range(node.outputs[0], ctx)
         shape, maps = index_maps(node, ctx)
         out_t = ctx.t(node.outputs[0]).ctype
         r_x, r_y, k = (float_literal(v) for v in (c.r_x, c.r_y, c.k))
@@ -404,7 +410,7 @@ class QLinearGlobalAveragePoolKernel(Kernel):
         if node.name in ctx.memo:
             return ctx.memo[node.name]
         x = ctx.t(node.inputs[0])
-        _code_range(node.inputs[0])
+        _code_range(node.inputs[0], ctx)
         if node.attrs.get("channels_last", 0) or len(x.shape) < 3:
             raise QccError(f"QLinearGlobalAveragePool {node.name!r}: the C backend takes NCHW "
                            "inputs (channels_last = 0)")
@@ -416,7 +422,7 @@ class QLinearGlobalAveragePoolKernel(Kernel):
         if n >= 1 << 24 or not 2.0 ** -32 <= scale < 256.0:
             raise QccError(f"QLinearGlobalAveragePool {node.name!r}: parameters out of range "
                            f"(window {n}, scale {scale})")
-        req = _output(node, node.input(4), 1, np.array([scale], F32), ctx.cname(node, "rq"))
+        req = _output(node, ctx, node.input(4), 1, np.array([scale], F32), ctx.cname(node, "rq"))
         acc_t = "int32_t" if 255 * n < 1 << 31 else "int64_t"
         found = (channels, n, zx, req, acc_t)
         ctx.memo[node.name] = found
@@ -461,27 +467,27 @@ class QLinearRequantizeKernel(Kernel):
     op_types = ("QLinearRequantize",)
     origin = "DequantizeLinear -> QuantizeLinear as onnxruntime computes it (a table)"
 
-    def table(self, node: Node) -> np.ndarray:
+    def table(self, node: Node, ctx) -> np.ndarray:
         x = node.inputs[0]
-        _code_range(x)
-        lo, hi = _code_range(node.outputs[0])
+        _code_range(x, ctx)
+        lo, hi = _code_range(node.outputs[0], ctx)
         xs, ys = (_scalar(node, s, "a scale") for s in _float32(node, node.inputs[1],
                                                                    node.inputs[3]))
         _check_scales(node, np.array([xs, ys]))
         zx, zy = (int(_zero_points(node, node.input(i), 1)[0]) for i in (2, 4))
-        return requantize_table(np.dtype(x.dtype), xs, zx, ys, zy, lo, hi,
+        return requantize_table(np.dtype(ctx.t(x).dtype), xs, zx, ys, zy, lo, hi,
                                 bool(node.attrs.get("relu", 0)))
 
     def plan(self, node: Node, ctx) -> KernelPlan:
-        self.table(node)
+        self.table(node, ctx)
         return KernelPlan(in_place=in_place_candidates(node, ctx),
                           note="format change of 8-bit codes: a 256-entry table")
 
     def emit(self, node: Node, ctx, w: CWriter) -> None:
-        table = self.table(node)
+        table = self.table(node, ctx)
         out = ctx.t(node.outputs[0])
         name = ctx.const_array(node, "table", out.ctype, table.tolist())
-        offset = -int(np.iinfo(np.dtype(node.inputs[0].dtype)).min)
+        offset = -int(np.iinfo(ctx.t(node.inputs[0]).dtype).min)
         shape, maps = index_maps(node, ctx)
         index = "x0[{}]" if offset == 0 else f"x0[{{}}] + {offset}"
         affine_loops(w, shape, maps,
@@ -514,7 +520,7 @@ class QLinearSoftmaxKernel(Kernel):
         if node.name in ctx.memo:
             return ctx.memo[node.name]
         x = ctx.t(node.inputs[0])
-        _code_range(node.inputs[0])
+        _code_range(node.inputs[0], ctx)
         opset = int(node.attrs.get("opset", 13))
         axis = int(node.attrs.get("axis", -1 if opset >= 13 else 1)) % len(x.shape)
         if opset >= 13 and int(np.prod(x.shape[axis + 1:])) != 1:
@@ -524,7 +530,7 @@ class QLinearSoftmaxKernel(Kernel):
         xs, ys = (_scalar(node, s, "a scale") for s in _float32(node, node.inputs[1],
                                                                    node.inputs[3]))
         _check_scales(node, np.array([xs, ys]))
-        signed = np.dtype(node.inputs[0].dtype) == np.int8
+        signed = ctx.t(node.inputs[0]).dtype == np.int8
         y_mult = np.floor(F32(1.0) / ys).astype(F32)
         if not 1 <= y_mult < 1 << 22:
             raise QccError(f"QLinearSoftmax {node.name!r}: output scale {ys} out of the range "

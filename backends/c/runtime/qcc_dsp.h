@@ -145,6 +145,12 @@ QCC_DSP_INLINE void qcc_dsp_widen_s8(const int8_t *src, int16_t *dst, int32_t n)
     }
 }
 
+/* 16-bit codes need no widening: a copy. */
+QCC_DSP_INLINE void qcc_dsp_widen_s16(const int16_t *src, int16_t *dst, int32_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+}
+
 /*
  * kernels.requantize of an int32 accumulator without 64-bit shifts or compares, in three
  * forms; the emitter (backends/c/ops/dsp.py DspRequant) picks one whose exactness it proved

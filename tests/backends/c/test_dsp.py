@@ -1,11 +1,11 @@
 """The packed kernels for the DSP extension (backends/c/ops/dsp.py, runtime qcc_dsp.h).
 
 - The weight packer against the way the kernel reads it (SXTB16 pairs times int16 activation
-  pairs), and both requantization forms against rounding.round_shift: hypothesis, in Python.
+  pairs), and the requantization forms against rounding.round_shift: hypothesis, in Python.
 - A small net that reaches every packed kernel (2x2 blocks of a padded 3x3 conv with an odd
-  channel count and odd output width, 1x1 convs, stride-1 and stride-2 depthwise convs, a
-  Gemm of one row in blocks of four with a ragged last block), affine and fixed: the packed
-  kernels on the host (<NAME>_DSP=1 on the portable twins of the intrinsics) under
+  channel count and odd output width, 1x1 convs, stride-1 and stride-2 depthwise convs, Gemms
+  of one row in blocks of four rows and in pairs with a padded last pair), affine and fixed:
+  the packed kernels on the host (<NAME>_DSP=1 on the portable twins of the intrinsics) under
   ASan/UBSan, and on QEMU's Cortex-M4 (the ACLE intrinsics and the assembly loops), bit for
   bit against the NumPy integer interpreter.
 """
@@ -100,8 +100,8 @@ def test_requantization_forms_equal_round_shift(m: int, s: int, zp: int, relu: b
     req = Requant([m], [s], zp, lo, 127, "rq")
     dreq = DspRequant.of(req, "rq", 1, bound)
     if dreq is None:  # no form is exact: the emitter keeps the portable path
-        assert not (s <= 31 and bound * m + (1 << s >> 1) < 1 << 31)
         assert m << max(0, 32 - s) >= 1 << 31
+        assert not (s <= 31 and bound * m + (1 << s >> 1) < 1 << 31)
         assert not (1 <= s <= 31 and bound * m < 1 << (31 + s))
         return
     for acc in [bound, -bound, 0, 1, -1] + data.draw(st.lists(st.integers(-bound, bound),
@@ -112,7 +112,8 @@ def test_requantization_forms_equal_round_shift(m: int, s: int, zp: int, relu: b
 
 def dsp_net(seed: int = 0) -> onnx.ModelProto:
     """conv 3x3 (7 channels, padded, odd width) -> depthwise s1 -> 1x1 -> depthwise s2 ->
-    1x1 -> Gemm of one row (k = 5·3·4 = 60, 11 outputs)."""
+    1x1 -> Gemm of one row (k = 5·3·3 = 45, 12 outputs: blocks of four rows) -> Gemm (7
+    outputs: pairs of rows, the last one padded)."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
 
@@ -138,11 +139,13 @@ def dsp_net(seed: int = 0) -> onnx.ModelProto:
     d2 = conv(p, 10, 1, 3, pads=[1, 1, 1, 1], strides=[2, 2], group=10)  # (10, 5, 6)
     p2 = conv(d2, 5, 10, 1, strides=[2, 2])  # (5, 3, 3)
     flat = node("Flatten", [p2], axis=1)
-    node("Gemm", [flat, init("wf", (11, 45)), init("bf", (11,), 0.1)], transB=1)
+    f1 = node("Relu", [node("Gemm", [flat, init("wf", (12, 45)), init("bf", (12,), 0.1)],
+                            transB=1)])
+    node("Gemm", [f1, init("wo", (7, 12)), init("bo", (7,), 0.1)], transB=1)
     graph = helper.make_graph(
         nodes, "dsp_net",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 9, 11])],
-        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [1, 11])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [1, 7])],
         initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -163,7 +166,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def test_every_weighted_layer_has_a_packed_kernel(built) -> None:
     summary = built[2]
     notes = [n["note"] for n in summary["nodes"] if n["op"] in ("QConv", "QGemm")]
-    assert len(notes) == 6
+    assert len(notes) == 7
     assert all("DSP_NET_DSP" in note for note in notes), notes
 
 

@@ -6,9 +6,16 @@ would clobber a live tensor."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from backends.c import memory_plan
+from backends.c.build import build_host, run_host
+from backends.c.library import emit_library
 from backends.c.memory_plan import ALIGN, Buffer, Slot, Storage, assign_offsets, finish, lower_bound
+from qcc.driver.c_check import interpreter_outputs, sample_inputs
+from qcc.driver.pipeline import compile_model
 
 
 def overlaps(a: Buffer, b: Buffer) -> bool:
@@ -87,3 +94,32 @@ def test_concat_slice_refused_when_it_would_overlap_a_live_tensor() -> None:
     plan = finish(storage)
     (_, s_at), (_, q_at) = plan.where["s"], plan.where["q"]
     assert s_at + 64 <= q_at or q_at + 32 <= s_at  # q got its own bytes (and a copy)
+
+
+def test_scratch_slots_never_take_a_tensor_name(tmp_path) -> None:
+    """A tensor may be called `conv/s0` (names are free text) while node `conv` holds its
+    im2col scratch: the two get separate slots, and the C still equals the interpreter."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w2")
+    # a MaxPool's codes keep the float tensor's name: the conv reads `conv/s0` while its own
+    # im2col scratch would be `conv/s0` too
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="first", pads=[1] * 4),
+             helper.make_node("MaxPool", ["c1"], ["conv/s0"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["conv/s0", "w2"], ["y"], name="conv", pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "scratch", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 6, 6])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 6, 6])], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "scratch.onnx")
+    assert memory_plan.scratch_slot("conv", 0, {"conv/s0"}) == "conv/s0'"
+    integer = compile_model(tmp_path / "scratch.onnx", 8, "fixed").integer
+    assert "conv/s0" in integer.values
+    out = tmp_path / "c"
+    out.mkdir()
+    emit_library(integer, out, "scratch", measure=False)
+    xs = sample_inputs(integer, 20)
+    codes, _ = interpreter_outputs(integer, xs)
+    got, _ = run_host(build_host(out, "scratch", out / "host"), xs, codes.dtype, codes.shape[1],
+                      out)
+    np.testing.assert_array_equal(got, codes)

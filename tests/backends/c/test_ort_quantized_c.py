@@ -23,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from backends.c.build import build_host, build_mcu, missing_tools, run_host, run_qemu
+from backends.c.build import SANITIZE, build_host, build_mcu, missing_tools, run_host, run_qemu
 from backends.c.library import SUMMARY, emit_library
 from backends.numpy_int import run_integer
 from qcc.core.ir import Graph
@@ -197,6 +197,21 @@ def test_mobilenet_style_on_the_cortex_m4(small_model: tuple[Path, np.ndarray],
     np.testing.assert_array_equal(got.float_bits, onnxruntime_outputs(qpath, xs).view(np.uint32))
 
 
+def test_mobilenet_style_under_sanitizers(small_model: tuple[Path, np.ndarray],
+                                          tmp_path: Path) -> None:
+    """ASan / UBSan build (any report aborts the harness): the float requantization and the
+    FMA emulation stay defined for every input, extremes included."""
+    qpath = quantize(*small_model, "QDQ", True)
+    graph = compile_model(qpath, 8, "affine").integer
+    emit_library(graph, tmp_path, "ortq", measure=False)
+    exe = build_host(tmp_path, "ortq", tmp_path / "ortq_asan", opt="-O1", extra=SANITIZE)
+    xs = probe_inputs((3, 24, 24), 1.0, seed=4)[:30]
+    codes, floats = interpreter_outputs(graph, xs)
+    got_codes, got_floats = run_host(exe, xs, codes.dtype, codes.shape[1], tmp_path)
+    np.testing.assert_array_equal(got_codes, codes)
+    np.testing.assert_array_equal(got_floats.view(np.uint32), floats.view(np.uint32))
+
+
 def _qdq_chain() -> onnx.ModelProto:
     """x -> Q -> DQ -> MaxPool -> Q' -> DQ' -> Reshape -> Relu -> Q'' -> DQ'' -> y with three
     formats (uint8 then int8): MaxPool and Reshape run on codes, each format change is a
@@ -272,9 +287,12 @@ def test_float_node_unit_is_refused_in_one_line(small_model: tuple[Path, np.ndar
 
 
 # -- the MLPerf Tiny models ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["resnet8_ic", pytest.param("mobilenet_vww",
-                                                              marks=pytest.mark.slow)])
-def test_mlperf_tiny_qdq_per_channel(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name,fmt,per_channel", [
+    ("resnet8_ic", "QDQ", True),
+    pytest.param("resnet8_ic", "QOperator", False, marks=pytest.mark.slow),
+    pytest.param("mobilenet_vww", "QDQ", True, marks=pytest.mark.slow),
+    pytest.param("mobilenet_vww", "QOperator", True, marks=pytest.mark.slow)])
+def test_mlperf_tiny(name: str, fmt: str, per_channel: bool, tmp_path: Path) -> None:
     """The reference models as published, Softmax included: ORT fuses their whole-map
     AveragePool into QLinearAveragePool (computed as the global pool) and the Softmax into
     QLinearSoftmax; qcc runs both as ORT does, in the interpreter and in C."""
@@ -285,7 +303,7 @@ def test_mlperf_tiny_qdq_per_channel(name: str, tmp_path: Path) -> None:
     spec.loader.exec_module(make_data)
     path = tmp_path / f"{name}.onnx"
     path.write_bytes((MLPERF / f"{name}.onnx").read_bytes())
-    qpath = quantize(path, make_data.model_inputs(name, 16, 1), "QDQ", True)
+    qpath = quantize(path, make_data.model_inputs(name, 16, 1), fmt, per_channel)
     xs = make_data.model_inputs(name, SAMPLES, 2)
     xs[:2] = [np.full(xs.shape[1:], -1e30), np.full(xs.shape[1:], 1e30)]
     graph = assert_c_interpreter_onnxruntime_agree(qpath, xs.astype(np.float32), tmp_path)

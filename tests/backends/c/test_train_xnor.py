@@ -34,11 +34,22 @@ from tests.backends.c.test_train import (
     sources,
     write_data,
 )
+from tests.backends.c.test_train_ops import (
+    CLASSES,
+    STEPS,
+    Net,
+    assert_numpy_matches,
+    compile_train,
+    host_run,
+    random_data,
+)
 
 FIRST_LAST_FIXED = {"@first": {"scheme": "fixed"},
                     "@last": {"scheme": "fixed", "binary_activations": False}}
-MUL = re.compile(r"\t(u|s)?(mul|mla|mls|mull|mlal|mmul|mmla|mmls|dual|dua|dsd|div|smul\w*|"
-                 r"smla\w*|smls\w*|smmul\w*|smuad\w*|smusd\w*)\w*\b")
+# ARMv7E-M multiplies, multiply-accumulates and divides (mul, mla, mls, smull, umlal, smlabb,
+# smmul, smuad, umaal, sdiv, udiv, ...) and the FPU's (vmul, vmla, vfma, vdiv, ...)
+MUL = re.compile(r"\t(?:[su]?(?:mul|mla|mls|div)|smm|smu|umaal|"
+                 r"v(?:n?mul|n?mla|n?mls|fma|fms|fnma|fnms|div))\w*")
 XNOR_KERNELS = ("xnor_forward", "xnor_weight_grad", "xnor_input_grad", "xnor_patch",
                 "popcount_adds")
 
@@ -169,3 +180,38 @@ def test_binary_layers_dot_products_use_no_multiplier(tmp_path: Path) -> None:
         assert not re.search(rf"\bgeom_{n}\b", text)  # no generic kernel gets its geometry
         for kernel in ("xnor_forward", "xnor_weight_grad", "xnor_input_grad"):
             assert re.search(rf"digits_{kernel}\(&xgeom_{n},", text), (layer, kernel)
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param(("--grad-ternary", "2"), id="all-trained-tbp2"),
+    pytest.param(("--trainable", "Conv_t0,Gemm_t5"), id="sign-layers-frozen-exact",
+                 marks=pytest.mark.slow),
+    pytest.param(("--trainable", "Gemm_t3,Gemm_t5", "--grad-ternary", "3"),
+                 id="sign-gemm-first-trained-tbp3", marks=pytest.mark.slow)])
+def test_padded_strided_grouped_sign_conv_trains_bit_exact(tmp_path: Path,
+                                                           extra: tuple[str, ...]) -> None:
+    """The qcc_xnor kernels' window arithmetic: a sign-activation conv with zero padding
+    (masked taps), stride 2 and two groups, then a sign-activation Gemm, between a fixed-point
+    first and last layer; 20 host C steps against NumPy, every step's logits and the final
+    state: every layer trained with TBP (S = 2); only the first and last with exact
+    gradients (the frozen sign layers run the inference kernels forward and pass the gradient
+    back through their constant packed weights); or the sign Gemm and the last layer with S = 3
+    (the trained sign layer sends no gradient on)."""
+    n = Net((1, 4, 6, 6))
+    a = n.conv("x", 4, 4, pads=[1, 1, 1, 1])
+    b = n.conv(a, 4, 8, pads=[1, 1, 1, 1], strides=[2, 2], group=2)
+    h = n.op("Relu", [n.gemm(n.op("Flatten", [b], axis=1), 72, 16)])
+    model = n.save(n.gemm(h, 16, CLASSES), tmp_path / "net.onnx")
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps(FIRST_LAST_FIXED))
+    data = random_data(tmp_path / "data.npz", n.shape, CLASSES)
+    out = tmp_path / "out"
+    compile_train(model, out, "--scheme", "binary", "--binary-activations", "--overrides",
+                  overrides, "--update", "bc", "--calib", data, *extra)
+    program = load_training(out, load_outdir(out).integer).program
+    sign = {"Conv_t0": False, "Conv_t1": True, "Gemm_t3": True, "Gemm_t5": False}
+    for layer in program.layers:  # the layers the backward visits
+        assert layer.xnor == sign[layer.name]
+        assert layer.trainable == ("--trainable" not in extra or layer.name in extra[1])
+    assert any(layer.xnor for layer in program.layers)
+    assert_numpy_matches(out, data, host_run(out, data, STEPS), STEPS)
