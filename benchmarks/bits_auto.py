@@ -5,7 +5,8 @@
 For MLPerf Tiny's ResNet-8 and DS-CNN (examples/mlperf_tiny, the final Softmax cut off with
 onnx.utils.extract_model so the methodology sees the logits) and examples/digits, compiles:
 `--bits 8 --scheme affine` (the uniform int8 reference), `--bits auto`, and `--bits auto
---flash-budget` at 1x and 0.75x the uniform int8 weight bytes; prints for each: B_min, the
+--flash-budget` at 1x and 0.75x the uniform int8 weight bytes (fixed point, the default scheme,
+and `--scheme affine`); prints for each: B_min, the
 measured p_m with its one-sided 95 % Clopper-Pearson bound on the held-out calibration half,
 the weight bytes and arena, and the top-1 agreement with float on separate test inputs.
 
@@ -105,7 +106,8 @@ def compile_and_measure(model: Path, calib: Path, test: Path, out: Path, args: l
                         ) -> dict:
     """One `qcc compile` as a user runs it, then its agreement with float on the test inputs."""
     from qcc.driver.evaluate import evaluate_graphs
-    from qcc.driver.pipeline import c_memory, load_outdir
+    from qcc.driver.outdir import load_outdir
+    from qcc.driver.pipeline import c_memory
 
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "qcc", "compile", str(model), "--calib",
@@ -151,9 +153,10 @@ def main() -> None:
                                        ["--bits", "8", "--scheme", "affine"])
             rows.append((name, "--bits 8 --scheme affine", int8))
             runs = [("--bits auto", [])]
-            if "flash" in int8:
-                runs += [(f"--bits auto --flash-budget {f:g}x int8",
-                          ["--flash-budget", str(int(f * int8["flash"]))]) for f in (1.0, 0.75)]
+            if "flash" in int8:  # the budget under both schemes: fixed (the default), affine
+                runs += [(f"--bits auto{s} --flash-budget {f:g}x int8",
+                          ["--flash-budget", str(int(f * int8["flash"])), *s.split()])
+                         for s in ("", " --scheme affine") for f in (1.0, 0.75)]
             for label, extra in runs:
                 rows.append((name, label, compile_and_measure(
                     model, calib, test, folder / f"{name}_auto", ["--bits", "auto", *extra])))

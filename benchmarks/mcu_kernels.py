@@ -1,6 +1,6 @@
 """qcc's Cortex-M4 kernels layer by layer beside CMSIS-NN's, then the four MLPerf Tiny models whole.
 
-    python benchmarks/mcu_kernels.py [--opt -Os] [--models resnet8_ic,...] [--schemes affine,fixed]
+    python benchmarks/mcu_kernels.py [--opt=-Os] [--models resnet8_ic,...] [--schemes affine,fixed]
                                      [--cmsis PATH] [--skip-layers] [--skip-models] [--json F]
 
 1. Every distinct Conv / Gemm shape of the four MLPerf Tiny models (examples/mlperf_tiny): the

@@ -370,7 +370,12 @@ def _choose(c_o: Candidate, model: NoiseModel, budget: MemoryBudget, scheme: str
     if not budget.active:
         return _narrow(c_o, model, options, measure, tried, allowed, overhead)
     reference = next(c for c in tried if c.label == "uniform 8-bit")
-    starts = [("C_o", c_o.widths), ("uniform 8-bit", reference.widths)]
+    # flash holds the weights, RAM the activations: the 8-bit weights of the uniform reference
+    # with the activations C_o needs cost the reference's flash
+    eight_bit_weights = Widths(list(reference.widths.weights), list(c_o.widths.activations),
+                               c_o.widths.other)
+    starts = [("C_o", c_o.widths), ("uniform 8-bit", reference.widths),
+              ("8-bit weights, C_o activations", eight_bit_weights)]
     if budget.flash_bytes is not None:
         starts = [(label, w) for label, w in starts if plan(w)[1] <= budget.flash_bytes]
         room = 8 * (budget.flash_bytes - overhead)

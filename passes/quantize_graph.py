@@ -515,8 +515,9 @@ def _bias_representable(w_fmt: CodeFormat, b: np.ndarray, x_scale: float) -> Cod
     """For codes made outside the schemes (QAT's trained quantizers; the schemes honour the
     same bound through `min_scale`). Binary and ternary codes do not depend on α: a channel
     whose α is so small that its bias would need more than 2^30 accumulator steps (a dead
-    channel, weights ~1e-30 after BatchNorm folding) gets the smallest α that holds the bias. Its weights then add at most
-    n·max|x|·|b|/(x_scale·2^30) to an output of size |b|: a 2^-30 fraction per accumulated code."""
+    channel, weights ~1e-30 after BatchNorm folding) gets the smallest α that holds the bias.
+    Its weights then add at most n·max|x|·|b|/(x_scale·2^30) to an output of size |b|: a 2^-30
+    fraction per accumulated code."""
     if w_fmt.spec.format not in ("binary", "ternary"):
         return w_fmt
     scales = np.broadcast_to(w_fmt.scales, b.shape)

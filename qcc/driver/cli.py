@@ -94,7 +94,7 @@ def inspect(model: Path, as_json: bool) -> None:
     from qcc.core.onnx_import import import_model, load_model
 
     if model.is_dir():
-        from qcc.driver.pipeline import load_outdir
+        from qcc.driver.outdir import load_outdir
 
         precision = load_outdir(model).precision
         if as_json:
@@ -157,7 +157,7 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
     from backends.numpy_int import run_integer
     from qcc.core.float_exec import run_float
     from qcc.core.onnx_import import import_model
-    from qcc.driver.pipeline import load_outdir
+    from qcc.driver.outdir import load_outdir
 
     if model.is_dir():
         graph = load_outdir(model).integer
@@ -351,7 +351,8 @@ def train(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: in
     Writes the updated model back into OUTDIR (model.qcc.onnx, reference.onnx with the float
     weights reconstructed from the integers, train_state.npz); OUTDIR is unchanged on failure.
     """
-    from qcc.driver.pipeline import load_data, load_outdir
+    from qcc.driver.outdir import load_outdir
+    from qcc.driver.pipeline import load_data
     from qcc.driver.train_outdir import parse_lr, train_outdir
 
     reference = load_outdir(outdir).reference
@@ -375,7 +376,8 @@ def train_data(outdir: Path, data: Path, steps: int, batch_size: int | None, see
     """Write the C train step's data file: the input codes and labels of the minibatches
     `qcc train` would run, for `make train` / `make train-mcu` in a folder compiled with
     --train --target c."""
-    from qcc.driver.pipeline import load_data, load_outdir
+    from qcc.driver.outdir import load_outdir
+    from qcc.driver.pipeline import load_data
     from qcc.driver.train_outdir import train_data as make_train_data
 
     reference = load_outdir(outdir).reference
@@ -486,7 +488,8 @@ def _pct(value: float | None) -> str:
 def evaluate(outdir: Path, data: Path, mcu_layers: bool) -> None:
     """Accuracy of a compiled OUTDIR against its float reference, p_m and saturation counts."""
     from qcc.driver.evaluate import evaluate_outdir
-    from qcc.driver.pipeline import load_data, load_outdir
+    from qcc.driver.outdir import load_outdir
+    from qcc.driver.pipeline import load_data
 
     loaded = load_outdir(outdir)
     x, y = load_data(data, loaded.reference, "evaluation data", need_labels=True)

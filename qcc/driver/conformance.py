@@ -38,6 +38,7 @@ from onnx.backend.test.runner import Runner
 from rich.console import Console
 from rich.table import Table
 
+import backends.numpy_int  # noqa: F401  (its kernels, the pre-quantized ops' among them, run here)
 from qcc.core import progress
 from qcc.core.errors import QccError, UnsupportedOpError
 from qcc.core.float_exec import run_float

@@ -54,7 +54,7 @@ from backends.c.library import MCU, SUMMARY
 from qcc.core.errors import QccError
 from qcc.driver.c_check import interpreter_outputs
 from qcc.driver.io import atomic_file
-from qcc.driver.pipeline import INTEGER_MODEL, Loaded
+from qcc.driver.outdir import INTEGER_MODEL, Loaded
 
 MCU_LAYERS_FILE = "mcu_layers.json"
 MCU_SAMPLES = 4  # samples of --data run on the emulated Cortex-M4 (ticks are averaged)

@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from backends.c import emit_library
 from backends.c.emit import emit_source
+from backends.c.train_emit import write_train
 from passes import run_passes
 from passes.allocate_widths import MemoryBudget
+from passes.annotate_precision import annotate_precision
 from passes.calibrate import TensorStats, calibrate
 from passes.fold_quantizers import fold_quantizers, has_quantizers
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
@@ -34,20 +37,23 @@ from passes.schemes import SCHEMES, get_scheme
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph
 from qcc.core.layers import weighted_nodes
-from qcc.core.onnx_export import export_model, read_annotations
+from qcc.core.onnx_export import export_model
 from qcc.core.onnx_import import import_model
 from qcc.driver.c_check import interpreter_outputs
 from qcc.driver.evaluate import integer_decisions
 from qcc.driver.io import atomic_dir, load_npz
+from qcc.driver.outdir import (
+    EXPECTED_CODES,
+    INTEGER_MODEL,
+    PRECISION_FILE,
+    QAT_HISTORY_FILE,
+    QAT_METADATA_KEY,
+    REFERENCE_MODEL,
+)
+from qcc.driver.train_outdir import prepare_training, write_training
 
-INTEGER_MODEL = "model.qcc.onnx"
-REFERENCE_MODEL = "reference.onnx"
 PRE_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                      "ConvInteger", "MatMulInteger", "QLinearGemm", "QLinearAdd"}
-PRECISION_FILE = "precision.json"
-QAT_HISTORY_FILE = "qat.json"  # a QAT model's training record (metadata key QAT_METADATA_KEY)
-QAT_METADATA_KEY = "qcc.qat"  # written by `qcc qat` (qcc/driver/qat.py)
-EXPECTED_CODES = "sample_expected.i32"  # interpreter output codes of sample_input.f32
 DEFAULT_PM_TARGET = 0.01  # --bits auto without --pm-target
 DEFAULT_CALIBRATION = 256  # samples of N(0, 1) noise when no --calib file is given
 MAX_WEIGHT = 2.0**32  # largest weight or activation magnitude qcc quantizes
@@ -325,7 +331,6 @@ def _compile_prequantized(graph: Graph) -> Compiled:
 def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | None,
                   train_data: Path | None, pm_target: float | None, lr_min: float | None,
                   notes: list[str], budget: MemoryBudget, for_training: bool) -> Compiled:
-    from passes.annotate_precision import annotate_precision
 
     if overrides is not None:
         raise QccError("--overrides sets bits by hand and cannot be combined with --bits auto")
@@ -385,19 +390,13 @@ def write_outdir(compiled: Compiled, outdir: Path, target: str = "numpy", name: 
             (tmp / QAT_HISTORY_FILE).write_text(json.dumps(compiled.qat_history, indent=1)
                                                 + "\n")
         if compiled.training is not None:  # --train: training.json, train_state.npz
-            from qcc.driver.train_outdir import write_training
-
             write_training(tmp, compiled.training)
         if target == "c":
-            from backends.c import emit_library
-
             if samples is None:
                 samples = default_calibration(compiled.reference, 4)
             summary = emit_library(compiled.integer, tmp, name, samples, source_model=name)
             write_expected_codes(tmp / EXPECTED_CODES, compiled.integer, samples)
             if compiled.training is not None:  # --train: <name>_train.[ch] (backends/c)
-                from backends.c.train_emit import write_train
-
                 summary["training"] = write_train(tmp, compiled.integer,
                                                   compiled.training.program,
                                                   compiled.training.state, name)
@@ -415,9 +414,7 @@ def write_expected_codes(path: Path, integer: Graph, samples: np.ndarray) -> Non
 def attach_training(compiled: Compiled, options: Any, calib: Path | None,
                     train_data: Path | None) -> None:
     """--train: the fixed-point training program and its initial state
-    (passes/training_program.py, backends/numpy_int/training/outdir.py)."""
-    from qcc.driver.train_outdir import prepare_training
-
+    (passes/training_program.py, qcc/driver/train_outdir.py)."""
     x = y = None
     if train_data is not None:
         x, y = load_data(train_data, compiled.reference, "training data", need_labels=True)
@@ -426,29 +423,6 @@ def attach_training(compiled: Compiled, options: Any, calib: Path | None,
     else:
         x = default_calibration(compiled.reference)
     compiled.training = prepare_training(compiled.reference, compiled.integer, options, x, y)
-
-
-@dataclass
-class Loaded:
-    integer: Graph
-    reference: Graph
-    precision: dict[str, Any]
-
-
-def load_outdir(outdir: Path) -> Loaded:
-    """The integer graph, float reference and precision.json of a compiled OUTDIR."""
-    outdir = Path(outdir)
-    missing = [f for f in (INTEGER_MODEL, REFERENCE_MODEL, PRECISION_FILE)
-               if not (outdir / f).is_file()]
-    if missing:
-        raise QccError(f"{outdir} is not a qcc output folder (missing {', '.join(missing)})")
-    integer = import_model(outdir / INTEGER_MODEL)
-    read_annotations(onnx.load(str(outdir / INTEGER_MODEL), load_external_data=False), integer)
-    try:
-        precision = json.loads((outdir / PRECISION_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise QccError(f"{outdir / PRECISION_FILE}: not valid JSON ({e})") from None
-    return Loaded(integer, import_model(outdir / REFERENCE_MODEL), precision)
 
 
 def known_schemes() -> list[str]:

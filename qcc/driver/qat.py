@@ -51,7 +51,8 @@ from qcc.core.layers import weighted_nodes
 from qcc.core.onnx_export import export_model
 from qcc.core.onnx_import import import_model
 from qcc.driver.io import atomic_file
-from qcc.driver.pipeline import QAT_METADATA_KEY, load_data
+from qcc.driver.outdir import QAT_METADATA_KEY
+from qcc.driver.pipeline import load_data
 
 QAT_KEY = QAT_METADATA_KEY  # `qcc compile` copies it into OUTDIR/qat.json
 CALIBRATION_SAMPLES = 256

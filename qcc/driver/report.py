@@ -39,7 +39,7 @@ from qcc.core.ir import Value
 from qcc.driver import report_charts as charts
 from qcc.driver.io import atomic_file
 from qcc.driver.mcu_profile import MCU_LAYERS_FILE
-from qcc.driver.pipeline import INTEGER_MODEL, QAT_HISTORY_FILE, Loaded, load_outdir
+from qcc.driver.outdir import INTEGER_MODEL, QAT_HISTORY_FILE, Loaded, load_outdir
 
 REPORT_FILE = "report.html"
 EVAL_FILE = "eval.json"  # written by `qcc eval`

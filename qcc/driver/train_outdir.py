@@ -52,7 +52,9 @@ from passes.training_program import (
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph
 from qcc.core.onnx_export import export_model
+from qcc.driver.evaluate import float_predictions
 from qcc.driver.io import atomic_dir, load_npz
+from qcc.driver.outdir import INTEGER_MODEL, REFERENCE_MODEL, load_outdir
 
 PROGRAM_FILE = "training.json"
 STATE_FILE = "train_state.npz"
@@ -166,7 +168,6 @@ def _samples_table(choices: list[SampleChoice]) -> dict[str, dict]:
 def annotate_training_formats(reference: Graph, integer: Graph, x: np.ndarray,
                               y: np.ndarray | None, lr_exp: int) -> None:
     """Steps 3-4 of `--bits auto` (gradient statistics, eq. 2-4) for a fixed-bits compile."""
-    from qcc.driver.evaluate import float_predictions
 
     labels = y if y is not None else float_predictions(reference, x)
     stats = gradient_statistics(reference, x, labels, WARMUP_EPOCHS, 0.01).layers
@@ -230,7 +231,6 @@ class TrainRun:
 def train_outdir(outdir: Path, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int | None,
                  seed: int, lr_exp: int | None, progress: bool = True) -> TrainRun:
     """`qcc train`: load, check everything, train, then replace OUTDIR's files atomically."""
-    from qcc.driver.pipeline import INTEGER_MODEL, REFERENCE_MODEL, load_outdir
 
     outdir = Path(outdir)
     loaded = load_outdir(outdir)
@@ -265,7 +265,6 @@ def train_data(outdir: Path, x: np.ndarray, y: np.ndarray, steps: int, batch_siz
     """The int32 data file of the C train harness (train_harness.c): steps, batch, then per
     step batch input codes per sample (the integer graph's input quantization) and batch
     labels; the minibatches `qcc train` would draw with the same steps, batch and seed."""
-    from qcc.driver.pipeline import load_outdir
 
     loaded = load_outdir(outdir)
     training = load_training(outdir, loaded.integer)

@@ -17,7 +17,8 @@ from qcc.core.errors import QccError
 from qcc.core.float_train import accuracy
 from qcc.core.onnx_import import import_model
 from qcc.driver.c_check import interpreter_outputs
-from qcc.driver.pipeline import compile_model, load_outdir
+from qcc.driver.outdir import load_outdir
+from qcc.driver.pipeline import compile_model
 from qcc.driver.qat import QatOptions, train_qat
 from tests.conftest import run_qcc
 

@@ -21,7 +21,8 @@ from qcc.core.float_exec import float_predictions, run_float
 from qcc.core.layers import weighted_layers
 from qcc.core.onnx_import import import_model
 from qcc.driver.evaluate import evaluate_graphs
-from qcc.driver.pipeline import compile_model, load_outdir, write_outdir
+from qcc.driver.outdir import load_outdir
+from qcc.driver.pipeline import compile_model, write_outdir
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 

@@ -115,32 +115,36 @@ QCC_DSP_INLINE void qcc_dsp_store32(void *p, uint32_t v)
  */
 QCC_DSP_INLINE void qcc_dsp_widen_u8(const uint8_t *src, int16_t *dst, int32_t n)
 {
-    int32_t i = 0;
+    int32_t i, head = 0;
 #if defined(__ARM_FEATURE_DSP)
-    for (; i + 4 <= n; i += 4) {
+    head = n - n % 4;
+    for (i = 0; i < head; i += 4) {
         const uint32_t w = qcc_dsp_load32(src + i);
-        const uint32_t even = __uxtb16(w), odd = __uxtb16(w >> 8);
+        uint32_t odd;
+        const uint32_t even = __uxtb16(w);
+        __asm("uxtb16 %0, %1, ror #8" : "=r"(odd) : "r"(w)); /* one instruction */
         qcc_dsp_store32(dst + i, (even & 0xFFFFu) | odd << 16);
         qcc_dsp_store32(dst + i + 2, (odd & 0xFFFF0000u) | even >> 16);
     }
 #endif
-    for (; i < n; ++i) {
+    for (i = head; i < n; ++i) {
         dst[i] = (int16_t)src[i];
     }
 }
 
 QCC_DSP_INLINE void qcc_dsp_widen_s8(const int8_t *src, int16_t *dst, int32_t n)
 {
-    int32_t i = 0;
+    int32_t i, head = 0;
 #if defined(__ARM_FEATURE_DSP)
-    for (; i + 4 <= n; i += 4) {
+    head = n - n % 4;
+    for (i = 0; i < head; i += 4) {
         const uint32_t w = qcc_dsp_load32(src + i);
         const uint32_t even = qcc_dsp_sxtb16(w), odd = qcc_dsp_sxtb16_ror8(w);
         qcc_dsp_store32(dst + i, (even & 0xFFFFu) | odd << 16);
         qcc_dsp_store32(dst + i + 2, (odd & 0xFFFF0000u) | even >> 16);
     }
 #endif
-    for (; i < n; ++i) {
+    for (i = head; i < n; ++i) {
         dst[i] = (int16_t)src[i];
     }
 }

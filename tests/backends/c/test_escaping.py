@@ -29,7 +29,8 @@ from backends.c.writer import CWriter, c_text
 from qcc import zoo
 from qcc.driver.c_check import interpreter_outputs, sample_inputs
 from qcc.driver.cli import main
-from qcc.driver.pipeline import compile_model, load_outdir
+from qcc.driver.outdir import load_outdir
+from qcc.driver.pipeline import compile_model
 
 HOSTILE = ["*/ int injected_by_model_name = 42; /*", "a b*/c/*", "x??/", "??=define X 1",
            'quote"and\\backslash', "line\nbreak #error no", "//comment", "é ü 中", "\x00nul\x7f",

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from qcc.driver.c_check import interpreter_outputs
 from qcc.driver.cli import main
-from qcc.driver.pipeline import EXPECTED_CODES, load_outdir
+from qcc.driver.outdir import EXPECTED_CODES, load_outdir
 
 ROOT = Path(__file__).resolve().parents[3]
 DIGITS = ROOT / "examples" / "digits"

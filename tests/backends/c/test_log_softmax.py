@@ -29,7 +29,7 @@ from qcc.core.numerics.log_softmax import error_bound_lsb
 from qcc.core.numerics.softmax import softmax_layout
 from qcc.core.quant_spec import QuantSpec
 from qcc.driver.c_check import interpreter_outputs
-from qcc.driver.pipeline import compile_model, load_outdir
+from qcc.driver.outdir import load_outdir
 from tests.conftest import run_qcc
 
 SAMPLES = 64

@@ -23,7 +23,8 @@ from backends.c.library import SAMPLE_INPUT, emit_library
 from qcc import zoo
 from qcc.driver.c_check import interpreter_outputs, sample_inputs
 from qcc.driver.cli import main
-from qcc.driver.pipeline import compile_model, load_outdir
+from qcc.driver.outdir import load_outdir
+from qcc.driver.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[3]
 

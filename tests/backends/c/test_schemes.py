@@ -4,11 +4,11 @@
 Models: ResNet-8 (3x3 / 1x1 stride-2 convs, residual QAdd, GlobalAveragePool), digits (MaxPool,
 Flatten, Gemm) and `kitchen_sink` below, a small graph built with onnx.helper that reaches
 the other kernels: depthwise dilated conv with padding, grouped strided conv with asymmetric
-pads, AveragePool (pads, count_include_pad = 0; and with count_include_pad = 1 as qcc.QAveragePool), MaxPool
-(pads, ceil_mode), QAdd, pointwise
-stride-2 convs, Concat (written in place), Transpose, Gemm without transB, GlobalAveragePool,
-MatMul. Its convs read signed activations, so with --binary-activations the XNOR kernels see
-real signs and padding."""
+pads, AveragePool (pads, count_include_pad = 0; and with count_include_pad = 1 as
+qcc.QAveragePool), MaxPool (pads, ceil_mode), QAdd, pointwise stride-2 convs, Concat
+(written in place), Transpose, Gemm without transB, GlobalAveragePool, MatMul. Its convs
+read signed activations, so with --binary-activations the XNOR kernels see real signs and
+padding."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import train_step
 from qcc.core.numerics.softmax_ce import float_loss
 from qcc.driver.cli import main
-from qcc.driver.pipeline import load_outdir
+from qcc.driver.outdir import load_outdir
 from qcc.driver.train_outdir import load_training
 
 DIGITS = Path(__file__).resolve().parents[3] / "examples" / "digits"

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from backends.numpy_int.interpreter import run_integer
 from backends.numpy_int.train_step import train_step
 from backends.numpy_int.training.loop import batch_order
-from qcc.driver.pipeline import load_outdir
+from qcc.driver.outdir import load_outdir
 from qcc.driver.train_outdir import load_training
 from tests.backends.c.test_train import assert_same_state
 from tests.conftest import run_qcc

@@ -21,7 +21,7 @@ from backends.c.build import ARM_ARCH, ARM_FLAGS, QEMU_MACHINE
 from backends.c.emit import node_identifiers, split_edges
 from qcc.core.numerics.softmax_ce import float_loss
 from qcc.driver.cli import main
-from qcc.driver.pipeline import load_outdir
+from qcc.driver.outdir import load_outdir
 from qcc.driver.train_outdir import load_training
 from tests.backends.c.test_train import (
     BATCH,
