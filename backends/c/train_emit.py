@@ -21,7 +21,8 @@ API (<name>_train.h, documented there):
 Errors are positive, as the inference API's: <NAME>_TRAIN_ERR_NULL 1, _ERR_BATCH 2,
 _ERR_LABEL 3, _ERR_SIZE 4; nothing changes when a call refuses.
 
-Supported: every op NumPy training supports (passes/training_program.py), with 2-D windows.
+Supported: every op NumPy training supports (passes/training_program.py), with 1-D and 2-D
+windows.
 Layers with sign activations (dot = "xnor") keep their ±1 weights also as packed sign rows
 (`wb_<layer>`, repacked after each update) and run forward and backward through the qcc_xnor
 kernels of the runtime header: XNOR-popcounts, sign selects and additions, no multiplier
@@ -39,7 +40,8 @@ import numpy as np
 
 import backends.c.train_ops  # noqa: F401  (registers every op's C backward: `c_train`)
 from backends.c.build import arm_object_size
-from backends.c.emit import EmitContext, c_identifier, node_identifiers, split_edges
+from backends.c.context import EmitContext
+from backends.c.emit import c_identifier, node_identifiers, split_edges
 from backends.c.library import SUMMARY
 from backends.c.memory_plan import MemoryPlan, Slot, Storage, finish
 from backends.c.ops import KernelPlan, kernel_for

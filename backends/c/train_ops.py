@@ -16,37 +16,65 @@ sign activations, whose backward is `WeightedTrain.xnor_backward`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from backends.c.writer import CWriter
-from passes.training_program import GradRep, LayerProgram
+from passes.training_program import GradRep, LayerProgram, TrainingProgram
 from qcc.core.errors import QccError
 from qcc.core.ir import Node, Value
 from qcc.core.ops.nn import conv_window, pool_window
 from qcc.core.registry import training_entry
 
-if TYPE_CHECKING:
-    from backends.c.train_emit import TrainEmitter
+
+class TrainEmitter(Protocol):
+    """What an entry reads from and asks of the emitter (backends/c/train_emit.TrainEmitter,
+    which imports this module for the entries: the one-way dependency is this interface)."""
+
+    p: TrainingProgram
+    sizes: dict[str, int]  # per-sample elements of each tensor
+    layers: dict[str, LayerProgram]
+    node_ids: dict[str, str]  # node name -> its C identifier n<i>_<op>
+    decl: CWriter  # file-scope declarations
+    declared: set[str]
+
+    def array(self, ctype: str, cname: str, values: list[int] | None, size: int = 0,
+              const: bool = False) -> str: ...
+
+    def rep(self, node: Node, rep: GradRep) -> GradRep: ...
+
+    def geometry(self, node: Node, fields: list[int]) -> str: ...
+
+    def wide(self, value: str) -> str: ...
+
+    def gradient_buffer(self, value: str) -> str: ...
+
+    def copy_gradient(self, w: CWriter, src: str, value: str) -> str: ...
+
+    def weights(self, node: Node) -> str: ...
+
+    def sign_rows(self, node: Node) -> str: ...
 
 Flow = list[tuple[Value, str, GradRep]]
 
 
 def window_geometry(e: TrainEmitter, node: Node, weighted: bool) -> list[int]:
-    """The qcc_conv fields of a 2-D Conv / pool node from its per-sample shapes."""
+    """The qcc_conv fields of a 1-D or 2-D Conv / pool node from its per-sample shapes; a 1-D
+    window is the 2-D one of unit height (the same memory order, (C, 1, L))."""
     x = e.p.shapes[node.inputs[0].name]
     y = e.p.shapes[node.outputs[0].name]
-    if len(x) != 3:
-        raise QccError(f"the C train step handles 2-D windows only ({node.op_type} "
-                       f"{node.name!r})")
+    if len(x) not in (2, 3):
+        raise QccError(f"the C train step handles 1-D and 2-D windows ({node.op_type} "
+                       f"{node.name!r} has {len(x) - 1})")
     if weighted:
         win = conv_window(node, (1, *x), tuple(node.inputs[1].const.shape))
     else:
         win = pool_window(node, np.empty((1, *x), np.int8))
     groups = int(node.attrs.get("group", 1))
-    return [x[0], x[1], x[2], y[0], y[1], y[2], *win.kernel, *win.strides, *win.dilations,
-            *win.pads_begin, groups, 0]
+    unit = () if len(x) == 3 else (1,)  # the height of a 1-D window
+    return [x[0], *unit, *x[1:], y[0], *unit, *y[1:], *unit, *win.kernel, *unit, *win.strides,
+            *unit, *win.dilations, *(0,) * len(unit), *win.pads_begin, groups, 0]
 
 
 def gemm_geometry(e: TrainEmitter, node: Node) -> list[int]:
@@ -295,9 +323,10 @@ class GlobalMaxPoolTrain(MovedTrain):
     def backward(self, e: TrainEmitter, w: CWriter, node: Node, gy: str, rep: GradRep) -> Flow:
         x = node.inputs[0].name
         c, *spatial = e.p.shapes[x]
-        if len(spatial) != 2:
-            raise QccError(f"the C train step handles 2-D windows only ({node.name!r})")
-        h, wd = spatial
+        if len(spatial) not in (1, 2):
+            raise QccError(f"the C train step handles 1-D and 2-D windows ({node.name!r} has "
+                           f"{len(spatial)})")
+        h, wd = spatial if len(spatial) == 2 else (1, spatial[0])
         geom = e.geometry(node, [c, h, wd, c, 1, 1, h, wd, 1, 1, 1, 1, 0, 0, 1, 0])
         dx = e.gradient_buffer(x)
         w.line(f"qcc_maxpool_backward(&{geom}, batch * {c}, {e.wide(x)}, {gy}, {dx});")

@@ -12,85 +12,34 @@ Adding an op to the C backend is adding one Kernel here; the driver has no op-ty
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
+from backends.c.ops import (  # noqa: F401  (each module registers its kernels)
+    conv,
+    elementwise,
+    gemm,
+    movement,
+    pool,
+    qlinear,
+    softmax,
+    trunc,
+)
+from backends.c.ops.base import (
+    C_SIZES,
+    KERNELS,
+    Kernel,
+    KernelPlan,
+    Scratch,
+    c_kernel,
+)
 from qcc.core.errors import UnsupportedOpError
 from qcc.core.ir import Node
 
-if TYPE_CHECKING:
-    from backends.c.emit import EmitContext
-    from backends.c.writer import CWriter
-
-C_SIZES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "uint32_t": 4,
-           "int64_t": 8}
-
-
-@dataclass
-class Scratch:
-    """A temporary array a node function needs while it runs (part of the arena)."""
-
-    ctype: str
-    count: int
-
-    @property
-    def nbytes(self) -> int:
-        return C_SIZES[self.ctype] * max(self.count, 1)
-
-
-@dataclass
-class KernelPlan:
-    scratch: list[Scratch] = field(default_factory=list)
-    in_place: tuple[int, ...] = ()  # inputs the output may overwrite (elementwise ops)
-    alias: bool = False  # the output is input 0's bytes: no code at all
-    concat: bool = False  # inputs may live inside their slices of the output
-    macs: int = 0
-    note: str = ""  # what the node function computes, for its comment
-
-
-class Kernel:
-    """Base of the kernels; subclasses list their `op_types` and implement plan / emit."""
-
-    op_types: tuple[str, ...] = ()
-    origin = ""  # what the node stands for, in its function's comment (default: ONNX <op>)
-
-    def describe(self, node: Node) -> str:
-        return self.origin or f"ONNX {node.op_type}"
-
-    def plan(self, node: Node, ctx: EmitContext) -> KernelPlan:
-        return KernelPlan()
-
-    def emit(self, node: Node, ctx: EmitContext, w: CWriter) -> None:
-        raise NotImplementedError
-
-
-KERNELS: dict[str, Kernel] = {}
-
-
-def c_kernel(cls: type[Kernel]) -> type[Kernel]:
-    """Class decorator: register one instance under each of its op types."""
-    instance = cls()
-    for registered_as in cls.op_types:
-        KERNELS[registered_as] = instance
-    return cls
+__all__ = ["C_SIZES", "KERNELS", "Kernel", "KernelPlan", "Scratch", "c_kernel", "kernel_for"]
 
 
 def kernel_for(node: Node) -> Kernel:
-    _load()
     kernel = KERNELS.get(node.op_type)
     if kernel is None:
         raise UnsupportedOpError(
             f"the C backend has no kernel for {node.op_type} (node {node.name!r}); it emits: "
             f"{', '.join(sorted(KERNELS))}")
     return kernel
-
-
-def _load() -> None:
-    import backends.c.ops.conv  # noqa: F401  (each module registers its kernels)
-    import backends.c.ops.elementwise  # noqa: F401
-    import backends.c.ops.gemm  # noqa: F401
-    import backends.c.ops.movement  # noqa: F401
-    import backends.c.ops.pool  # noqa: F401
-    import backends.c.ops.qlinear  # noqa: F401
-    import backends.c.ops.softmax  # noqa: F401
-    import backends.c.ops.trunc  # noqa: F401

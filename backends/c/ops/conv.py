@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.c.ops import C_SIZES, Kernel, KernelPlan, Scratch, c_kernel
+from backends.c.ops.base import C_SIZES, Kernel, KernelPlan, Scratch, c_kernel
 from backends.c.ops.common import Requant, acc_type, int_literal, linear
 from backends.c.ops.dsp import (
     DSP_TYPES,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.c.ops import Kernel, KernelPlan, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import Affine, Requant, acc_type, affine_loops, affine_of
 from backends.c.writer import CWriter
 from qcc.core.errors import QccError

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.c.ops import Kernel, KernelPlan, Scratch, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, Scratch, c_kernel
 from backends.c.ops.common import Requant, acc_type
 from backends.c.ops.dsp import (
     DSP_TYPES,

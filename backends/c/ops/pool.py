@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.c.ops import Kernel, KernelPlan, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import Requant, linear
 from backends.c.writer import CWriter
 from qcc.core.errors import QccError

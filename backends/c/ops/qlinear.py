@@ -34,7 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from backends.c.ops import Kernel, KernelPlan, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import affine_loops
 from backends.c.ops.conv import QConvKernel
 from backends.c.ops.elementwise import in_place_candidates, index_maps

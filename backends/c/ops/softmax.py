@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backends.c.ops import Kernel, KernelPlan, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, c_kernel
 from backends.c.writer import CWriter
 from qcc.core.ir import Node
 from qcc.core.numerics.log_softmax import LOG_FRAC_BITS, LOG_MULT_BITS, SCALE_BITS

@@ -8,7 +8,7 @@ each rounding mode then adds 0 or 1 to q, chosen when the C is emitted.
 
 from __future__ import annotations
 
-from backends.c.ops import Kernel, KernelPlan, c_kernel
+from backends.c.ops.base import Kernel, KernelPlan, c_kernel
 from backends.c.ops.common import acc_type, affine_loops, int_literal
 from backends.c.ops.elementwise import in_place_candidates, index_maps
 from backends.c.writer import CWriter

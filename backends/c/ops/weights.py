@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.c.ops import Scratch
+from backends.c.ops.base import Scratch
 from backends.c.packing import WeightRows
 from backends.c.writer import CWriter
 

@@ -218,6 +218,31 @@ def test_op_trains_bit_exact_in_c(tmp_path: Path, toolchain: None, case: str) ->
     assert_numpy_matches(out, data, host_run(out, data, STEPS), STEPS)
 
 
+def test_one_dimensional_windows_train_bit_exact_in_c(tmp_path: Path, toolchain: None) -> None:
+    """1-D convs and pools (audio, sensor series): the C step runs them as 2-D windows of unit
+    height, bit for bit with NumPy's N-d backward."""
+    n = Net((1, 4, 12))
+
+    def conv1d(x: str, cin: int, cout: int, group: int = 1) -> str:
+        w = n.const(f"w{len(n.inits)}", n.rng.standard_normal((cout, cin // group, 3)) * 0.4)
+        b = n.const(f"b{len(n.inits)}", n.rng.standard_normal(cout) * 0.1)
+        return n.op("Relu", [n.op("Conv", [x, w, b], kernel_shape=[3], pads=[1, 1],
+                                  group=group)])
+
+    a = n.op("MaxPool", [conv1d("x", 4, 4)], kernel_shape=[2], strides=[2])  # (4, 6)
+    b = n.op("AveragePool", [conv1d(a, 4, 4, group=4)], kernel_shape=[2], strides=[2])
+    c = n.op("GlobalMaxPool", [conv1d(b, 4, 6)])  # (6, 1)
+    model = n.save(n.head(c, 6), tmp_path / "series.onnx")
+    out = tmp_path / "out"
+    compile_train(model, out, "--update", "sr")
+    integer = load_outdir(out).integer
+    program = load_training(out, integer).program
+    between = {integer.node(name).op_type for name in program.backward_nodes}
+    assert {"MaxPool", "AveragePool", "GlobalMaxPool", "QConv"} <= between
+    data = random_data(tmp_path / "data.npz", n.shape, CLASSES)
+    assert_numpy_matches(out, data, host_run(out, data, STEPS), STEPS)
+
+
 # -- MLPerf Tiny: fine-tuning the last layer ----------------------------------------------------
 def last_gemm(name: str) -> tuple[Path, str, tuple[int, ...], int]:
     """The reference model as MLCommons ships it (ending in Softmax, which stays an integer
