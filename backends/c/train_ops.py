@@ -16,6 +16,7 @@ sign activations, whose backward is `WeightedTrain.xnor_backward`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -25,7 +26,7 @@ from passes.training_program import GradRep, LayerProgram, TrainingProgram
 from qcc.core.errors import QccError
 from qcc.core.ir import Node, Value
 from qcc.core.ops.nn import conv_window, pool_window
-from qcc.core.registry import training_entry
+from qcc.core.registry import registered, training_entry
 
 
 class TrainEmitter(Protocol):
@@ -77,6 +78,11 @@ def window_geometry(e: TrainEmitter, node: Node, weighted: bool) -> list[int]:
             *unit, *win.dilations, *(0,) * len(unit), *win.pads_begin, groups, 0]
 
 
+def conv_geometry(e: TrainEmitter, node: Node) -> list[int]:
+    """A QConv's qcc_conv fields (window_geometry of a weighted window)."""
+    return window_geometry(e, node, True)
+
+
 def gemm_geometry(e: TrainEmitter, node: Node) -> list[int]:
     """A QGemm as the 1 x 1 case; `wt` when the weight is stored (K, M) (no transB)."""
     x = e.p.shapes[node.inputs[0].name]
@@ -97,11 +103,8 @@ def xnor_geometry(e: TrainEmitter, node: Node) -> str:
     cname = f"xgeom_{e.node_ids[node.name]}"
     if cname in e.declared:
         return cname
-    if node.op_type == "QGemm":
-        c, h, wd, m, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, _ = gemm_geometry(e, node)
-    else:
-        c, h, wd, m, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, _ = window_geometry(
-            e, node, True)
+    c, h, wd, m, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, groups, _ = \
+        registered(node.op_type).c_train.fields(e, node)
     cg, mg = c // groups, m // groups
     taps = cg * kh * kw
     words = xnor_words(node)
@@ -116,12 +119,11 @@ def xnor_geometry(e: TrainEmitter, node: Node) -> str:
 class WeightedTrain:
     """QConv (any groups) / QGemm: train_step's weighted backward (vjps.WeightedVjp)."""
 
-    def __init__(self, geometry) -> None:
-        self.geometry_of = geometry
+    def __init__(self, fields: Callable[[TrainEmitter, Node], list[int]]) -> None:
+        self.fields = fields  # the layer's qcc_conv fields (conv_geometry / gemm_geometry)
 
     def geometry(self, e: TrainEmitter, node: Node) -> str:
-        return e.geometry(node, self.geometry_of(e, node) if self.geometry_of is gemm_geometry
-                          else self.geometry_of(e, node, True))
+        return e.geometry(node, self.fields(e, node))
 
     def growth(self, e: TrainEmitter | None, node: Node) -> int:
         return 1  # the input gradient's bound is the layer's own (gradient_bound)
@@ -256,7 +258,7 @@ class WeightedTrain:
             w.line(f"{gb}[(i / {plane}) % {layer.out_channels}] += {ga}[i];")
 
 
-training_entry("c_train", "QConv")(WeightedTrain(window_geometry))
+training_entry("c_train", "QConv")(WeightedTrain(conv_geometry))
 training_entry("c_train", "QGemm")(WeightedTrain(gemm_geometry))
 
 

@@ -61,12 +61,9 @@ class EdgeFormat:
 
 def edge_format(node: Node) -> EdgeFormat:
     """The EdgeFormat of a float-edge node (qcc.Quantize / Dequantize or their ONNX forms)."""
-    if node.op_type == "Quantize":
-        return EdgeFormat(float(node.attrs["scale"]), int(node.attrs.get("out_zero_point", 0)),
-                          False)
-    if node.op_type == "Dequantize":
-        return EdgeFormat(float(node.attrs["scale"]), int(node.attrs.get("zero_point", 0)),
-                          False)
+    if "scale" in node.attrs:  # qcc.Quantize (out_zero_point) / qcc.Dequantize (zero_point)
+        zero_point = node.attrs.get("out_zero_point", node.attrs.get("zero_point", 0))
+        return EdgeFormat(float(node.attrs["scale"]), int(zero_point), False)
     scale, zero_point = node.inputs[1], node.input(2)
     if not scale.is_const or scale.const.size != 1 or (
             zero_point is not None and (not zero_point.is_const or zero_point.const.size != 1)):
@@ -248,9 +245,10 @@ class QLinearGemmKernel(ViewKernel, QGemmKernel):
     """ONNX QLinearMatMul and qcc.QLinearGemm (ORT's QGemm): gemm.py's loops, ORT's
     requantization per output column."""
 
-    op_types = ("QLinearMatMul", "QLinearGemm")
+    op_types = ("QLinearGemm",)
     origin = "onnxruntime QLinearMatMul / QGemm (float32 requantization)"
     packed = False  # gemm.py's DSP kernels requantize with qcc's integer Requant
+    gemm = True  # QGemm's inputs (a bias C, transB); QLinearMatMul below has neither
 
     def setup(self, node: Node, ctx) -> tuple:
         cached = ctx.memo.get(node.name)
@@ -261,7 +259,7 @@ class QLinearGemmKernel(ViewKernel, QGemmKernel):
         if not b.is_const or b.const.ndim != 2:
             raise QccError(f"{node.op_type} {node.name!r}: the C backend needs a constant 2-D "
                            "weight matrix")
-        gemm = node.op_type == "QLinearGemm"
+        gemm = self.gemm
         trans_b = int(node.attrs.get("transB", 0)) if gemm else 0
         if gemm and int(node.attrs.get("transA", 0)):
             raise QccError(f"QLinearGemm {node.name!r}: transA = 1 is not supported by the C "
@@ -345,6 +343,12 @@ def _scalar_side(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> str:
         if max(da, db) > 1:
             return "a" if da == 1 else "b" if db == 1 else "vector"
     return "vector"
+
+
+@c_kernel
+class QLinearMatMulKernel(QLinearGemmKernel):
+    op_types = ("QLinearMatMul",)
+    gemm = False
 
 
 @c_kernel

@@ -135,12 +135,14 @@ def gcc() -> str:
     return path
 
 
+# the quick subset (-m "not slow") keeps fx and bc-1bit; the full suite runs every rule
 @pytest.mark.parametrize(("rule", "precision", "ternary"), [
-    ("fx", AUTO, 0), ("sr", AUTO, 0), ("r", AUTO, 0), ("bc", AUTO, 0),
-    ("sr", AUTO, 2), ("fx", AUTO, 3),
-    ("bc", ONE_BIT, 0), ("sr", ONE_BIT, 0), ("r", ONE_BIT, 0), ("bc", ONE_BIT, 2)],
-    ids=["fx", "sr", "r", "bc", "sr-tern2", "fx-tern3", "bc-1bit", "sr-1bit", "r-1bit",
-         "bc-1bit-tern2"])
+    pytest.param(*case, marks=() if name in ("fx", "bc-1bit") else pytest.mark.slow, id=name)
+    for name, case in (("fx", ("fx", AUTO, 0)), ("sr", ("sr", AUTO, 0)), ("r", ("r", AUTO, 0)),
+                       ("bc", ("bc", AUTO, 0)), ("sr-tern2", ("sr", AUTO, 2)),
+                       ("fx-tern3", ("fx", AUTO, 3)), ("bc-1bit", ("bc", ONE_BIT, 0)),
+                       ("sr-1bit", ("sr", ONE_BIT, 0)), ("r-1bit", ("r", ONE_BIT, 0)),
+                       ("bc-1bit-tern2", ("bc", ONE_BIT, 2)))])
 def test_host_c_matches_numpy_bit_for_bit(tmp_path: Path, gcc: str, rule: str,
                                           precision: tuple[str, ...], ternary: int) -> None:
     out = tmp_path / "digits"

@@ -195,7 +195,12 @@ def toolchain() -> None:
     assert not missing, f"{missing} required (DESIGN.md: the C backend is part of the suite)"
 
 
-@pytest.mark.parametrize("case", CASES)
+# the quick subset (-m "not slow") keeps two cases; the full suite runs every op
+QUICK_CASES = ("conv", "add")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in QUICK_CASES else
+                                               pytest.mark.slow) for c in CASES])
 def test_op_trains_bit_exact_in_c(tmp_path: Path, toolchain: None, case: str) -> None:
     """The gradient passes through `case` on its way to the first (trained) conv."""
     net, logits = build(case)
@@ -218,6 +223,7 @@ def test_op_trains_bit_exact_in_c(tmp_path: Path, toolchain: None, case: str) ->
     assert_numpy_matches(out, data, host_run(out, data, STEPS), STEPS)
 
 
+@pytest.mark.slow
 def test_one_dimensional_windows_train_bit_exact_in_c(tmp_path: Path, toolchain: None) -> None:
     """1-D convs and pools (audio, sensor series): the C step runs them as 2-D windows of unit
     height, bit for bit with NumPy's N-d backward."""
