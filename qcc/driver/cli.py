@@ -16,14 +16,39 @@ from typing import Any
 
 import click
 import numpy as np
+from onnx import helper
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
+from backends.c import summary_lines
+from backends.numpy_int import run_integer
+from passes.allocate_widths import parse_bytes
+from passes.precision import mismatch_upper_bound
+from passes.training_program import TrainOptions
 from qcc import __version__
 from qcc.core import progress
+from qcc.core.analysis import summary_dict
 from qcc.core.errors import QccError
+from qcc.core.float_exec import run_float
+from qcc.core.onnx_import import import_model, load_model
+from qcc.driver.evaluate import evaluate_outdir
 from qcc.driver.io import check_output_dir, load_array, save_arrays
+from qcc.driver.mcu_profile import check_measurable, measure_layers, write_layers
+from qcc.driver.outdir import load_outdir
 from qcc.driver.papers import FULL, cite
+from qcc.driver.pipeline import (
+    attach_training,
+    check_bits,
+    compile_model,
+    known_schemes,
+    load_data,
+    write_outdir,
+)
+from qcc.driver.qat import run_command
+from qcc.driver.report import write_evaluation, write_report
+from qcc.driver.train_outdir import parse_grad_ternary, parse_lr, parse_trainable, train_outdir
+from qcc.driver.train_outdir import train_data as make_train_data
 
 console = Console()
 
@@ -75,7 +100,6 @@ def _fail(message: str, error: BaseException, code: int = 1) -> None:
 def main(ctx: click.Context, threads: int) -> None:
     """qcc: compile a trained ONNX model into fixed-point, APoT or binary arithmetic, check it with
     a bit-exact NumPy integer interpreter, and emit a C99 library for microcontrollers."""
-    from threadpoolctl import threadpool_limits
 
     ctx.with_resource(threadpool_limits(limits=threads, user_api="blas"))
     progress.enable(progress.wanted())  # bars on stderr for a watching user, not for CI or pipes
@@ -90,11 +114,8 @@ def inspect(model: Path, as_json: bool) -> None:
     Dynamic dimensions of the inputs are taken as 1 for the counts. For a folder written by
     `qcc compile`, the precision of every layer (the L x 5 table and costs with --bits auto).
     """
-    from qcc.core.analysis import summary_dict
-    from qcc.core.onnx_import import import_model, load_model
 
     if model.is_dir():
-        from qcc.driver.outdir import load_outdir
 
         precision = load_outdir(model).precision
         if as_json:
@@ -126,7 +147,6 @@ def inspect(model: Path, as_json: bool) -> None:
 def _interface_lines(model: Any) -> list[str]:
     """The graph inputs and outputs as declared in the file (names, dtypes, shapes; a dynamic
     dimension by its name or `?`): what `qcc run --input NAME=FILE.npy` must be given."""
-    from onnx import helper
 
     initializers = {t.name for t in model.graph.initializer}
     lines = []
@@ -154,10 +174,6 @@ def run(model: Path, inputs: tuple[str, ...], output: Path | None) -> None:
     MODEL is an .onnx file (float reference interpreter) or a folder written by `qcc compile`
     (the NumPy integer interpreter, with its saturation counts).
     """
-    from backends.numpy_int import run_integer
-    from qcc.core.float_exec import run_float
-    from qcc.core.onnx_import import import_model
-    from qcc.driver.outdir import load_outdir
 
     if model.is_dir():
         graph = load_outdir(model).integer
@@ -257,7 +273,6 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
     OUTDIR holds model.qcc.onnx (the integer graph, runnable with `qcc run OUTDIR`),
     reference.onnx (the float graph it was made from) and precision.json.
     """
-    from qcc.driver.pipeline import check_bits, compile_model, known_schemes, write_outdir
 
     if scheme not in known_schemes():
         raise QccError(f"unknown scheme {scheme!r}; known: {', '.join(known_schemes())}")
@@ -274,18 +289,15 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
                              binary_activations, _bytes(flash_budget), _bytes(ram_budget),
                              for_training=options is not None)
     if options is not None:
-        from qcc.driver.pipeline import attach_training
         attach_training(compiled, options, calib, train_data)
     for note in compiled.notes:
         click.echo(f"qcc: note: {note}", err=True)
     samples = None
     if target == "c" and calib is not None:  # the C library's MCU example runs 4 of them
-        from qcc.driver.pipeline import load_data
         samples = load_data(calib, compiled.reference, "calibration data")[0][:4]
     c_summary = write_outdir(compiled, outdir, target, model.stem, samples, force)
     _print_layers(compiled.precision)
     if c_summary is not None:
-        from backends.c import summary_lines
         click.echo("\n".join(summary_lines(c_summary)))
     if options is not None:
         ternary = ("auto" if options.grad_ternary_auto else options.grad_ternary) or "off"
@@ -305,15 +317,12 @@ AUTO_NEEDS_DATA = ("--grad-ternary auto measures the ternarization on labelled t
 
 def _bytes(text: str | None) -> int | None:
     """--flash-budget / --ram-budget: bytes, with KiB/MiB (or kB/MB) suffixes."""
-    from passes.allocate_widths import parse_bytes
 
     return None if text is None else parse_bytes(text)
 
 
 def _train_options(kw: dict[str, Any]) -> Any:
     """TrainOptions from the --train options, or None without --train."""
-    from passes.training_program import TrainOptions
-    from qcc.driver.train_outdir import parse_grad_ternary, parse_lr, parse_trainable
 
     if not kw["train"]:
         return None
@@ -351,9 +360,6 @@ def train(outdir: Path, data: Path, steps: int, batch_size: int | None, seed: in
     Writes the updated model back into OUTDIR (model.qcc.onnx, reference.onnx with the float
     weights reconstructed from the integers, train_state.npz); OUTDIR is unchanged on failure.
     """
-    from qcc.driver.outdir import load_outdir
-    from qcc.driver.pipeline import load_data
-    from qcc.driver.train_outdir import parse_lr, train_outdir
 
     reference = load_outdir(outdir).reference
     x, y = load_data(data, reference, "training data", need_labels=True)
@@ -376,9 +382,6 @@ def train_data(outdir: Path, data: Path, steps: int, batch_size: int | None, see
     """Write the C train step's data file: the input codes and labels of the minibatches
     `qcc train` would run, for `make train` / `make train-mcu` in a folder compiled with
     --train --target c."""
-    from qcc.driver.outdir import load_outdir
-    from qcc.driver.pipeline import load_data
-    from qcc.driver.train_outdir import train_data as make_train_data
 
     reference = load_outdir(outdir).reference
     x, y = load_data(data, reference, "training data", need_labels=True)
@@ -487,14 +490,10 @@ def _pct(value: float | None) -> str:
                    "by `qcc report`).")
 def evaluate(outdir: Path, data: Path, mcu_layers: bool) -> None:
     """Accuracy of a compiled OUTDIR against its float reference, p_m and saturation counts."""
-    from qcc.driver.evaluate import evaluate_outdir
-    from qcc.driver.outdir import load_outdir
-    from qcc.driver.pipeline import load_data
 
     loaded = load_outdir(outdir)
     x, y = load_data(data, loaded.reference, "evaluation data", need_labels=True)
     if mcu_layers:
-        from qcc.driver.mcu_profile import check_measurable
 
         check_measurable(outdir)
     result = evaluate_outdir(loaded, x, y)
@@ -510,11 +509,9 @@ def evaluate(outdir: Path, data: Path, mcu_layers: bool) -> None:
     console.print(table)
     for tensor, count in result.report.overflows.items():
         click.echo(f"  saturated in {tensor}: {count}")
-    from qcc.driver.report import write_evaluation
 
     click.echo(write_evaluation(outdir, data, len(x), result))
     if mcu_layers:
-        from qcc.driver.mcu_profile import measure_layers, write_layers
 
         record = measure_layers(outdir, loaded, x)
         for layer in record["layers"]:
@@ -527,7 +524,6 @@ def evaluate(outdir: Path, data: Path, mcu_layers: bool) -> None:
 
 def _eval_bound(result: Any, samples: int) -> float:
     """The same Clopper-Pearson bound `compile --bits auto` certifies (passes/precision.py)."""
-    from passes.precision import mismatch_upper_bound
 
     return mismatch_upper_bound(round(result.mismatch * samples), samples)
 
@@ -545,7 +541,6 @@ def report(outdir: Path, output: Path | None) -> None:
     """One self-contained HTML page of a compiled OUTDIR: the annotated graph, the precision
     per layer (Sakr & Shanbhag 2019, Fig. 2), the B_min sweep, costs, saturation of the last
     `qcc eval`, and with --target c flash per layer and the arena plan."""
-    from qcc.driver.report import write_report
 
     click.echo(f"wrote {write_report(outdir, output)}")
 
@@ -596,7 +591,6 @@ def _parse_inputs(specs: tuple[str, ...], names: list[str]) -> dict[str, np.ndar
 def qat(**options: Any) -> None:
     """Quantization-aware training (Li, Dong & Wang 2020: WN, RCF, APoT/PoT/uniform/binary/
     ternary) of MODEL -> QAT.onnx with explicit QONNX / qcc quantizers, for `qcc compile`."""
-    from qcc.driver.qat import run_command
 
     run_command(**options)
 

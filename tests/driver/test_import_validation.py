@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from qcc import zoo
-from qcc.core import onnx_checks, onnx_import
+from qcc.core import onnx_checks
 from qcc.core.errors import QccError
 from qcc.core.onnx_import import import_model
+from qcc.driver import cli as cli_module
 from qcc.driver.cli import main
 
 
@@ -208,7 +209,7 @@ def test_an_internal_error_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyPat
         raise RuntimeError("a bug in qcc")
 
     onnx.save(mlp(), tmp_path / "m.onnx")
-    monkeypatch.setattr(onnx_import, "import_model", broken)
+    monkeypatch.setattr(cli_module, "import_model", broken)  # what `qcc inspect` calls
     code, _, stderr = cli("inspect", str(tmp_path / "m.onnx"), env={"QCC_DEBUG": ""})
     line = error_line(stderr)
     assert code == 1 and "internal error: RuntimeError: a bug in qcc" in line
