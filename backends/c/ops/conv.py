@@ -532,31 +532,42 @@ def _emit_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, x_lo: int, out_t: str,
 
 
 def _fill_strip_row(w: CWriter, strip: Strip, s: ConvSetup, x_t: str, pad: str) -> None:
-    """Row slot kh of every column: input row oh·SH + kh − PH, zx where it is padding."""
-    g, depth, p_t = s.g, strip.depth, s.patch_t(x_t)
-    w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
-    w.line(f"{p_t} *const q = s0 + kh * {g.cg}; /* column 0; columns are {depth} apart */")
+    """Row slot kh of every column of the portable strip (`_fill_row`), as patch codes."""
+    p_t = s.patch_t(x_t)
+    code = f"(uint8_t)(xr[iw] + {s.offset})" if s.offset else (
+        "(uint8_t)xr[iw]" if p_t != x_t else "xr[iw]")
+    _fill_row(w, s.g, strip, x_t, ("s0", "q", p_t), pad, code,
+              f" /* column 0; columns are {strip.depth} apart */")
 
-    def pad_columns(lo: str, hi: int) -> None:
+
+def _fill_row(w: CWriter, g: ConvShape, strip: Strip | DspStrip, x_t: str,
+              buffer: tuple[str, str, str], pad: str, code: str, note: str = "") -> None:
+    """Row slot kh of every column: input row oh·SH + kh − PH as `code` (of xr[iw]), `pad`
+    where it is padding. `buffer`: the strip's base pointer, the name and C type of the row
+    pointer written here."""
+    base, row, row_t = buffer
+    depth = strip.depth
+    w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
+    w.line(f"{row_t} *const {row} = {base} + kh * {g.cg};{note}")
+
+    def pad_columns(lo: int, hi: int) -> None:
         with w.block(f"for (iw = {lo}; iw < {hi}; ++iw)"):
             with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
-                w.line(f"q[iw * {depth} + ic] = {pad};")
+                w.line(f"{row}[iw * {depth} + ic] = {pad};")
 
     if any(g.valid("h", t) != (0, g.ho) for t in range(g.kh)):
         with w.block(f"if (ih < 0 || ih >= {g.h})"):
-            pad_columns("0", strip.cols)
+            pad_columns(0, strip.cols)
             w.line("continue;")
     if g.pw:
-        pad_columns("0", g.pw)
-    code = f"(uint8_t)(xr[iw] + {s.offset})" if s.offset else (
-        "(uint8_t)xr[iw]" if p_t != x_t else "xr[iw]")
+        pad_columns(0, g.pw)
     with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
         w.line(f"const {x_t} *const xr = x0 + {linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
-        w.line(f"{p_t} *const qc = q + {linear([('ic', 1)], g.pw * depth)};")
+        w.line(f"{row_t} *const qc = {row} + {linear([('ic', 1)], g.pw * depth)};")
         with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
             w.line(f"qc[iw * {depth}] = {code};")
     if g.pw + strip.image < strip.cols:
-        pad_columns(str(g.pw + strip.image), strip.cols)
+        pad_columns(g.pw + strip.image, strip.cols)
 
 
 def _strip_blocks(w: CWriter, ctx, s: ConvSetup, p_t: str, out_t: str, init: str,
@@ -658,29 +669,8 @@ def _emit_dsp_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str) -> Non
 
 
 def _fill_dsp_row(w: CWriter, g: ConvShape, strip: DspStrip, zx: int, x_t: str) -> None:
-    """Row slot kh of every column: input row oh·SH + kh − PH, zx where it is padding."""
-    depth = strip.depth
-    w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
-    w.line(f"int16_t *const qs = q + kh * {g.cg};")
-
-    def pad_columns(lo: int, hi: int) -> None:
-        with w.block(f"for (iw = {lo}; iw < {hi}; ++iw)"):
-            with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
-                w.line(f"qs[iw * {depth} + ic] = {zx};")
-
-    if any(g.valid("h", t) != (0, g.ho) for t in range(g.kh)):
-        with w.block(f"if (ih < 0 || ih >= {g.h})"):
-            pad_columns(0, strip.cols)
-            w.line("continue;")
-    if g.pw:
-        pad_columns(0, g.pw)
-    with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
-        w.line(f"const {x_t} *const xr = x0 + {linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
-        w.line(f"int16_t *const qc = qs + {linear([('ic', 1)], g.pw * depth)};")
-        with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
-            w.line(f"qc[iw * {depth}] = xr[iw];")
-    if g.pw + strip.image < strip.cols:
-        pad_columns(g.pw + strip.image, strip.cols)
+    """Row slot kh of every column of the int16 DSP strip (`_fill_row`), zx in the padding."""
+    _fill_row(w, g, strip, x_t, ("q", "qs", "int16_t"), str(zx), "xr[iw]")
 
 
 # -- packed DSP depthwise ----------------------------------------------------------------------
