@@ -28,6 +28,7 @@ from backends.c.library import SUMMARY, emit_library
 from backends.numpy_int import run_integer
 from qcc.core.ir import Graph
 from qcc.driver.pipeline import compile_model
+from tests.backends.numpy_int.test_ort_quantized import _qdq_chain_model
 from tests.conftest import run_qcc
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -213,28 +214,10 @@ def test_mobilenet_style_under_sanitizers(small_model: tuple[Path, np.ndarray],
 
 
 def _qdq_chain() -> onnx.ModelProto:
-    """x -> Q -> DQ -> MaxPool -> Q' -> DQ' -> Reshape -> Relu -> Q'' -> DQ'' -> y with three
-    formats (uint8 then int8): MaxPool and Reshape run on codes, each format change is a
-    qcc.QLinearRequantize (a table in C)."""
-    params = {"s0": np.float32(0.043), "z0": np.uint8(131), "s1": np.float32(0.031),
-              "z1": np.int8(-7), "s2": np.float32(0.017), "z2": np.int8(-100),
-              "shape": np.array([1, -1], np.int64)}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z0"], ["q0"]),
-             helper.make_node("DequantizeLinear", ["q0", "s0", "z0"], ["d0"]),
-             helper.make_node("MaxPool", ["d0"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("QuantizeLinear", ["m", "s1", "z1"], ["q1"]),
-             helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"]),
-             helper.make_node("Reshape", ["d1", "shape"], ["r"]),
-             helper.make_node("Relu", ["r"], ["rr"]),
-             helper.make_node("QuantizeLinear", ["rr", "s2", "z2"], ["q2"]),
-             helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    """The interpreter test's chain (x -> Q -> DQ -> MaxPool -> Q' -> DQ' -> Reshape -> Relu ->
+    Q'' -> DQ'' -> y) with three formats, uint8 then int8: MaxPool and Reshape run on codes,
+    each format change is a qcc.QLinearRequantize (a table in C)."""
+    return _qdq_chain_model(z1=np.int8(-7), z2=np.int8(-100))
 
 
 def test_code_moving_chain_with_format_changes(tmp_path: Path) -> None:

@@ -149,12 +149,18 @@ def test_zero_or_negative_scale_is_one_clear_error(float_models: dict[str, Path]
         assert message.endswith(f"got {bad:.6g}")
 
 
-def _qdq_chain_model() -> onnx.ModelProto:
+# the later formats' zero points of the chain below (uint8 codes)
+CHAIN_ZERO_POINTS = (np.uint8(120), np.uint8(17))
+
+
+def _qdq_chain_model(z1: np.integer = CHAIN_ZERO_POINTS[0],
+                     z2: np.integer = CHAIN_ZERO_POINTS[1]) -> onnx.ModelProto:
     """x -> Q -> DQ -> MaxPool -> Q' -> DQ' -> Reshape -> Relu -> Q'' -> DQ'' -> y, with three
-    different (scale, zero point) pairs: the code-moving ops must run on codes and the format
-    changes must round as ORT's float DequantizeLinear -> QuantizeLinear does."""
+    different (scale, zero point) pairs (z1, z2 also give the later formats' code types): the
+    code-moving ops must run on codes and the format changes must round as ORT's float
+    DequantizeLinear -> QuantizeLinear does."""
     params = {"s0": np.float32(0.043), "z0": np.uint8(131), "s1": np.float32(0.031),
-              "z1": np.uint8(120), "s2": np.float32(0.017), "z2": np.uint8(17),
+              "z1": z1, "s2": np.float32(0.017), "z2": z2,
               "shape": np.array([1, -1], np.int64)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z0"], ["q0"]),
              helper.make_node("DequantizeLinear", ["q0", "s0", "z0"], ["d0"]),
