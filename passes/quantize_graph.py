@@ -130,7 +130,29 @@ class _Rewriter:
             # of seeds/000 §B) helps inner activations, but on logits it flattens the largest
             # ones, which are the ones that decide the class.
             stats = replace(stats, chunk_lo=stats.lo, chunk_hi=stats.hi)
-        return get_scheme(scheme).activation(stats, bits or self.wanted_bits(value))
+        bits = bits or self.wanted_bits(value)
+        fmt = get_scheme(scheme).activation(stats, bits)
+        if value in self.src.inputs:
+            return self.cover_input(fmt, stats, scheme, bits)
+        return fmt
+
+    def cover_input(self, fmt: CodeFormat, stats: TensorStats, scheme: str, bits: int
+                    ) -> CodeFormat:
+        """A graph input's format: `fmt` (the scheme's at B_A bits), unless a power-of-two
+        range stops one code short of the calibration inputs' own extremes (pixels at exactly
+        1.0 against r = 1, whose top code is r - Δ): then one bit more at the same step, which
+        doubles the range and covers them. The step B_A chose (its quantization noise, eq. 1
+        of Sakr & Shanbhag) stays; only the code that could not hold the data is added.
+        Schemes that clip on purpose (affine's chunk-averaged range, Banner et al. §B) keep
+        their format: their wider format would change the step."""
+        if _covers(fmt, stats.lo, stats.hi) or fmt.levels is not None:
+            return fmt
+        doubled = replace(stats, lo=2 * stats.lo, hi=2 * stats.hi, chunk_lo=2 * stats.chunk_lo,
+                          chunk_hi=2 * stats.chunk_hi)
+        wider = get_scheme(scheme).activation(doubled, bits + 1)
+        if _covers(wider, stats.lo, stats.hi) and np.array_equal(wider.scales, fmt.scales):
+            return wider
+        return fmt
 
     # -- emission -----------------------------------------------------------------------
     def emit(self, op: str, inputs: list[Value | None], name: str, fmt: CodeFormat,
@@ -598,6 +620,13 @@ def _log_probability_format(scheme: str, out_range: float, bits: int) -> CodeFor
                                                       zero_point=hi))
     spec = QuantSpec("fixed", bits, True, pdr=out_range)
     return CodeFormat(spec.step, 0, lo, hi, spec)
+
+
+def _covers(fmt: CodeFormat, lo: float, hi: float) -> bool:
+    """Whether `lo` and `hi` quantize into fmt's codes without saturating (round to nearest)."""
+    scale = float(np.max(fmt.scales))
+    return (fmt.lo - fmt.zero_point - 0.5) * scale <= lo and \
+        hi < (fmt.hi - fmt.zero_point + 0.5) * scale
 
 
 def _out_attrs(fmt: CodeFormat) -> dict:

@@ -159,7 +159,7 @@ class LayerProgram:
     needs_grad: bool  # G_A of this layer is computed (trained, or gradient flows through)
     propagate: bool  # the gradient flows on to the layer's input
     binary: bool  # weights ±1 · α_c (else fixed point)
-    relu: bool  # a fused ReLU: the incoming gradient is masked by output > 0
+    relu: bool  # a fused ReLU: the incoming gradient is masked by pre-activation > 0
     precision: tuple[int, int, int, int, int]  # B_W, B_A, B_GW, B_GA, B_acc as annotated
     x_exp: int
     w_exp: int  # fixed: the weight step; binary: 0 (codes ±1)

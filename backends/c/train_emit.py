@@ -253,6 +253,14 @@ class TrainEmitter:
         return self.array("int32_t", f"w_{n}", list(node.inputs[1].const.ravel()),
                           const=node.name not in self.trained)
 
+    def bias(self, node: Node) -> str:
+        """The int32 bias codes of a layer ("0" without one): in RAM when trained."""
+        if node.input(2) is None:
+            return "0"
+        return self.array("int32_t", f"b_{self.node_ids[node.name]}",
+                          list(node.inputs[2].const.ravel()),
+                          const=node.name not in self.trained)
+
     def sign_rows(self, node: Node) -> str:
         """The ±1 weight rows of a layer with sign activations as packed sign bits
         (binary.pack_signs, xnor.py's layout): in RAM, repacked after every update, when
@@ -353,10 +361,7 @@ class TrainEmitter:
         layer = self.layers[node.name]
         x, y = node.inputs[0].name, node.outputs[0].name
         m = layer.out_channels
-        wb = self.weights(node)
-        bb = "0"
-        if node.input(2) is not None:
-            bb = self.array("int32_t", f"b_{n}", list(node.inputs[2].const.ravel()))
+        wb, bb = self.weights(node), self.bias(node)
         mult = np.broadcast_to(np.asarray(a.get("multiplier", 1), np.int64), (m,))
         shift = np.broadcast_to(np.asarray(a.get("shift", 0), np.int64), (m,))
         self.array("int32_t", f"mult_{n}", list(mult), const=True)

@@ -134,8 +134,13 @@ class WeightedTrain:
         layer = e.layers[node.name]
         n = e.node_ids[node.name]
         count = f"batch * {e.sizes[layer.output]}"
-        if layer.relu:
+        if layer.relu and layer.xnor:
             w.line(f"qcc_mask_grad({gy}, {count}, {e.wide(layer.output)}, 0);")
+        elif layer.relu:  # vjps.WeightedVjp._relu_passes: the accumulator's sign (STE)
+            floor_ = max(int(node.attrs["out_lo"]), int(node.attrs.get("out_zero_point", 0)))
+            w.line(f"qcc_relu_accumulator_mask(&{self.geometry(e, node)}, batch, "
+                   f"{e.wide(layer.input)}, {e.weights(node)}, {e.bias(node)}, "
+                   f"{e.wide(layer.output)}, {floor_}, {gy});")
         w.line(f"qcc_round_gradient({gy}, {count}, {rep.exp}, {rep.divisor}, "
                f"{int(rep.per_batch)}, {layer.ga_exp}, batch, &rng);")
         w.line(f"qcc_saturate({gy}, {count}, {layer.ga_bits}, &clipped);")

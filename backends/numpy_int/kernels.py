@@ -131,11 +131,17 @@ def qconv(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
     plan = fastpath.dot_plan(node, x, w, b)
     if plan is not None:  # one exact float GEMM, proven by the node's bound: fastpath.py
         return fastpath.run_conv(node, plan, x, w.shape)
+    return requantize(conv_accumulator(node, x, w, b), node, axis=1)
+
+
+def conv_accumulator(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+                     ) -> np.ndarray:
+    """QConv's exact int64 accumulator Σ (x − zx)·w + b, before requantization."""
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     acc = _exact_conv(node, xc, w)
     if b is not None:
         acc += b.astype(np.int64).reshape((1, -1) + (1,) * (acc.ndim - 2))
-    return requantize(acc, node, axis=1)
+    return acc
 
 
 def _exact_conv(node: Node, xc: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -166,13 +172,20 @@ def qgemm(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None)
     plan = fastpath.dot_plan(node, x, w, b)
     if plan is not None:  # one exact float GEMM, proven by the node's bound: fastpath.py
         return fastpath.run_gemm(node, plan, x)
+    acc = gemm_accumulator(node, x, w, b)
+    return requantize(acc, node, axis=acc.ndim - 1)
+
+
+def gemm_accumulator(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+                     ) -> np.ndarray:
+    """QGemm's exact int64 accumulator (x − zx)·W + b, before requantization."""
     xc = _centered(x, int(node.attrs.get("x_zero_point", 0)))
     wt = weight_rows(node, w).T  # (K, M)
     ft = exact_float_type(wt.shape[0], _absmax(xc), _absmax(wt), node)
     acc = (xc.astype(ft) @ wt.astype(ft)).astype(np.int64)  # exact integers: no rounding
     if b is not None:
         acc += b.astype(np.int64)
-    return requantize(acc, node, axis=acc.ndim - 1)
+    return acc
 
 
 @int_kernel("Requantize", "QAdd")

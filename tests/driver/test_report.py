@@ -374,6 +374,19 @@ def test_compiled_model_carries_netron_descriptions(digits_report: Path) -> None
 
 
 @pytest.mark.slow
+def test_bundled_example_eval_saturates_no_input(digits_report: Path) -> None:
+    """`qcc eval` on the bundled example (the README's main job; this folder adds --train)
+    counts no saturated input code: pixels at exactly 1.0 sit on the power-of-two edge of the
+    input range, which gets the one code more it needs (passes/quantize_graph.cover_input)."""
+    folder = digits_report.parent
+    model = onnx.load(str(folder / "model.qcc.onnx"))
+    quantize = next(n for n in model.graph.node if n.op_type == "Quantize")
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert evaluation["samples"] == 400
+    assert evaluation["overflows"].get(quantize.output[0], 0) == 0, evaluation["overflows"]
+
+
+@pytest.mark.slow
 def test_training_makes_the_last_eval_stale(digits_report: Path, tmp_path: Path) -> None:
     folder = tmp_path / "digits"
     shutil.copytree(digits_report.parent, folder)

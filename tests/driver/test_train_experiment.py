@@ -2,7 +2,8 @@
 the `qcc compile --train` / `qcc train` commands.
 
 - seeds/001 §4: FX training at C_o from the float run's initialisation and schedule ends within
-  one point of the float test error; at C_{-1} (every precision one bit less) the gap is larger.
+  one point of the float test error; at C_{-1} (every precision one bit less) the training loss
+  shows a gap to C_o's.
 - seeds/003 Table 1: with 1-bit weights, BinaryConnect ends below stochastic rounding, and
   stochastic rounding below deterministic rounding.
 
@@ -29,6 +30,7 @@ from qcc.core.float_train import TrainConfig, accuracy, train
 from qcc.core.onnx_import import import_model
 from qcc.driver.evaluate import integer_decisions
 from qcc.driver.train_experiment import (
+    ScratchRun,
     binary_config,
     gradient_rows,
     perturb_config,
@@ -69,18 +71,18 @@ class Setup:
         self.rows = gradient_rows(self.baseline, self.auto.config, self.auto.integer,
                                   min(self.schedule))
 
-    def fx(self, delta: int) -> float:
-        """Test error of FX training at C_o + delta from the float run's initialisation."""
-        run = train_from_scratch(self.trained, self.initial, self.auto.stats,
+    def fx(self, delta: int) -> ScratchRun:
+        """FX training at C_o + delta from the float run's initialisation."""
+        return train_from_scratch(self.trained, self.initial, self.auto.stats,
                                  perturb_config(self.auto.config, delta),
                                  perturb_rows(self.rows, delta),
                                  TrainOptions(update="fx", lr_exp=MAX_LR_EXP),
                                  self.splits["train"], self.splits["test"], self.schedule,
                                  self.config.batch_size, self.config.seed)
-        return run.error
 
-    def binary(self, rule: str) -> float:
-        """Test error with ±α weights in every layer trained by `rule` (bc, sr or r)."""
+    def binary(self, rule: str, seed: int | None = None) -> float:
+        """Test error with ±α weights in every layer trained by `rule` (bc, sr or r), with the
+        config's seed (shuffling and stochastic rounding) unless `seed` is given."""
         config = binary_config(self.auto.config)
         config.layers = {k: LayerConfig(1, BINARY_ACT_BITS, "binary")
                          for k in config.layers}
@@ -88,7 +90,8 @@ class Setup:
         run = train_from_scratch(self.trained, self.initial, self.auto.stats, config, rows,
                                  TrainOptions(update=rule, lr_exp=MAX_LR_EXP),
                                  self.splits["train"], self.splits["test"], self.schedule,
-                                 self.config.batch_size, self.config.seed)
+                                 self.config.batch_size,
+                                 self.config.seed if seed is None else seed)
         return run.error
 
 
@@ -97,21 +100,38 @@ def setup() -> Setup:
     return Setup(epochs=30)
 
 
+LOSS_GAP = 1.15  # C_{-1}'s mean training loss over C_o's: measured 1.31 and 1.32 (seeds 0, 1)
+
+
 @pytest.mark.slow
 def test_fx_training_at_c_o_tracks_float_and_c_minus_1_does_not(setup: Setup) -> None:
     """seeds/001 §4.1-4.2 on digits: the float run from build_model()'s He init ends at
-    1.25 % test error; FX at C_o from the same init and schedule within one point of it; C_{-1}
-    further away."""
+    1.25 % test error; FX at C_o from the same init and schedule within one point of it.
+    C_{-1} "results in a noticeable gap compared to C_o for the loss function" (§4.2, Fig. 3):
+    its mean training loss over the run is LOSS_GAP times C_o's or more. Its test error is not
+    compared: on digits' 400 test images C_o and C_{-1} both end within a point of float
+    (1.25 % and 1.0 % measured), a difference of one image."""
     at_c_o = setup.fx(0)
-    assert at_c_o <= setup.float_error + 0.01, (at_c_o, setup.float_error)
+    assert at_c_o.error <= setup.float_error + 0.01, (at_c_o.error, setup.float_error)
     at_c_minus_1 = setup.fx(-1)
-    assert at_c_minus_1 - setup.float_error > at_c_o - setup.float_error + 0.01
+    gap = np.mean(at_c_minus_1.history.loss) / np.mean(at_c_o.history.loss)
+    assert gap >= LOSS_GAP, gap
+
+
+SR_SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
 def test_binary_weights_bc_beats_sr_beats_r(setup: Setup) -> None:
-    """seeds/003 Table 1's ordering with 1-bit weights: BC < SR < R in test error."""
-    errors = {rule: setup.binary(rule) for rule in ("bc", "sr", "r")}
+    """seeds/003 Table 1's ordering with 1-bit weights: BC < SR < R in test error.
+
+    SR is compared by its mean over SR_SEEDS: §5 of the paper (Theorems 5-6) shows that SR's
+    iterates are a Markov chain that keeps exploring and never enters a greedy phase, so its
+    final error is one draw from a broad distribution. On digits one seed gave 35 % to 64 %
+    (seeds 0-3, two input formats), while BC stayed at 3.5-4.75 % and R at 65-69.5 %: a single
+    SR run cannot carry a 5-point claim, the mean of three can."""
+    errors = {rule: setup.binary(rule) for rule in ("bc", "r")}
+    errors["sr"] = float(np.mean([setup.binary("sr", seed) for seed in SR_SEEDS]))
     assert errors["bc"] + 0.05 < errors["sr"] < errors["r"] - 0.05, errors
 
 
@@ -220,7 +240,9 @@ def main() -> None:
     print(f"float (momentum SGD, He init): test error {100 * setup.float_error:.2f} %")
     print(f"power-of-two schedule (lr_exp per epoch): {setup.schedule}")
     for name, delta in (("C_o", 0), ("C_o-1", -1), ("C_o+1", 1)):
-        print(f"FX at {name}: test error {100 * setup.fx(delta):.2f} %")
+        run = setup.fx(delta)
+        print(f"FX at {name}: test error {100 * run.error:.2f} %, mean training loss "
+              f"{np.mean(run.history.loss):.4f}")
     for rule in ("bc", "sr", "r"):
         print(f"1-bit weights, {rule}: test error {100 * setup.binary(rule):.2f} %")
 

@@ -364,6 +364,32 @@ static inline void qcc_saturate(qcc_grad *c, int32_t n, int32_t bits, uint32_t *
     }
 }
 
+/* kernels.conv_accumulator / gemm_accumulator with x_zero_point 0: the exact sum x w + b of
+ * output channel m at (oy, ox); xg is the channel group's first input plane */
+static inline int64_t qcc_conv_acc(const qcc_conv *g, const int32_t *xg, const int32_t *w,
+                                   const int32_t *b, int32_t m, int32_t oy, int32_t ox)
+{
+    const int32_t cg = g->c / g->groups;
+    int64_t acc = b != 0 ? b[m] : 0;
+    int32_t c, ky, kx;
+    for (c = 0; c < cg; ++c) {
+        for (ky = 0; ky < g->kh; ++ky) {
+            const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
+            if (iy < 0 || iy >= g->h) {
+                continue;
+            }
+            for (kx = 0; kx < g->kw; ++kx) {
+                const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
+                if (ix < 0 || ix >= g->w) {
+                    continue;
+                }
+                acc += (int64_t)xg[(c * g->h + iy) * g->w + ix] * w[qcc_widx(g, m, c, ky, kx)];
+            }
+        }
+    }
+    return acc;
+}
+
 /* kernels.qconv / qgemm with x_zero_point 0: acc = sum x w + b, requantize per channel
  * (round_shift(acc * mult, shift) + zp, clamped to [floor, hi]) */
 static inline void qcc_conv_forward(const qcc_conv *g, int32_t n, const int32_t *x, const int32_t *w,
@@ -371,7 +397,7 @@ static inline void qcc_conv_forward(const qcc_conv *g, int32_t n, const int32_t 
                                    int32_t zp, int32_t floor_, int32_t hi, int32_t *y)
 {
     const int32_t cg = g->c / g->groups, mg = g->m / g->groups;
-    int32_t s, m, oy, ox, c, ky, kx;
+    int32_t s, m, oy, ox;
     for (s = 0; s < n; ++s) {
         const int32_t *xs = x + (int64_t)s * g->c * g->h * g->w;
         int32_t *ys = y + (int64_t)s * g->m * g->oh * g->ow;
@@ -379,23 +405,8 @@ static inline void qcc_conv_forward(const qcc_conv *g, int32_t n, const int32_t 
             const int32_t *xg = xs + (int64_t)(m / mg) * cg * g->h * g->w;
             for (oy = 0; oy < g->oh; ++oy) {
                 for (ox = 0; ox < g->ow; ++ox) {
-                    int64_t acc = b != 0 ? b[m] : 0, v;
-                    for (c = 0; c < cg; ++c) {
-                        for (ky = 0; ky < g->kh; ++ky) {
-                            const int32_t iy = oy * g->sh + ky * g->dh - g->ph;
-                            if (iy < 0 || iy >= g->h) {
-                                continue;
-                            }
-                            for (kx = 0; kx < g->kw; ++kx) {
-                                const int32_t ix = ox * g->sw + kx * g->dw - g->pw;
-                                if (ix < 0 || ix >= g->w) {
-                                    continue;
-                                }
-                                acc += (int64_t)xg[(c * g->h + iy) * g->w + ix] *
-                                       w[qcc_widx(g, m, c, ky, kx)];
-                            }
-                        }
-                    }
+                    const int64_t acc = qcc_conv_acc(g, xg, w, b, m, oy, ox);
+                    int64_t v;
                     v = qcc_round_shift(acc * mult[m], shift[m]) + zp;
                     ys[(m * g->oh + oy) * g->ow + ox] =
                         (int32_t)(v < floor_ ? floor_ : v > hi ? hi : v);
@@ -610,6 +621,32 @@ static inline void qcc_mask_grad(qcc_grad *g, int32_t n, const int32_t *act, int
     for (i = 0; i < n; ++i) {
         if (act[i] <= threshold) {
             g[i] = 0;
+        }
+    }
+}
+
+/* vjps.WeightedVjp._relu_passes: a fused ReLU's backward in place, straight through the
+ * rounding: the gradient is kept where the accumulator is > 0. An output above the floor
+ * implies it; at the floor the accumulator is recomputed (only there, and only where the
+ * gradient is not already 0) */
+static inline void qcc_relu_accumulator_mask(const qcc_conv *g, int32_t n, const int32_t *x,
+                                             const int32_t *w, const int32_t *b, const int32_t *y,
+                                             int32_t floor_, qcc_grad *gy)
+{
+    const int32_t cg = g->c / g->groups, mg = g->m / g->groups;
+    int32_t s, m, oy, ox;
+    for (s = 0; s < n; ++s) {
+        const int32_t *xs = x + (int64_t)s * g->c * g->h * g->w;
+        for (m = 0; m < g->m; ++m) {
+            const int32_t *xg = xs + (int64_t)(m / mg) * cg * g->h * g->w;
+            for (oy = 0; oy < g->oh; ++oy) {
+                for (ox = 0; ox < g->ow; ++ox) {
+                    const int64_t i = (((int64_t)s * g->m + m) * g->oh + oy) * g->ow + ox;
+                    if (gy[i] != 0 && y[i] <= floor_ && qcc_conv_acc(g, xg, w, b, m, oy, ox) <= 0) {
+                        gy[i] = 0;
+                    }
+                }
+            }
         }
     }
 }

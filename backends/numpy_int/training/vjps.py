@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backends.numpy_int import xnor
+from backends.numpy_int.kernels import conv_accumulator, gemm_accumulator
 from backends.numpy_int.training import gradients as G
 from passes.training_program import GradRep, LayerProgram, TrainingProgram, backward_rep
 from qcc.core.ir import Node, Value
@@ -64,12 +65,13 @@ class WeightedVjp:
 
     weight_grad: Callable[[Node, np.ndarray, I64, tuple[int, ...]], I64]
     input_grad: Callable[[Node, np.ndarray, I64, tuple[int, ...]], I64]
+    accumulator: Callable[[Node, np.ndarray, np.ndarray, np.ndarray | None], I64]
 
     def __call__(self, step: Backward, node: Node, grad: Grad) -> Flow:
         layer = step.layers[node.name]
         codes, rep = grad
         if layer.relu:
-            codes = np.where(step.env[layer.output] > 0, codes, 0)
+            codes = np.where(self._relu_passes(step, layer, node), codes, 0)
         ga, step.rng = G.round_gradient(codes, rep, layer.ga_exp, step.batch, step.rng)
         ga = G.saturate(ga, layer.ga_bits, step.clipped, f"{layer.name}.G_A")
         x_codes = step.env[layer.input]
@@ -94,6 +96,21 @@ class WeightedVjp:
             dx = np.where((x_codes > layer.ste_lo) & (x_codes < layer.ste_hi), dx, 0)
         return [(node.inputs[0], (dx, layer.dx_rep))]
 
+    def _relu_passes(self, step: Backward, layer: LayerProgram, node: Node
+                     ) -> NDArray[np.bool_]:
+        """Where a fused ReLU passes the gradient: where its pre-activation, the accumulator
+        before rounding, is > 0 (the straight-through estimator of the rounding, Bengio et al.
+        2013). Masking by code > 0 instead would also block the positive pre-activations that
+        round to code 0; with seeds/001's few activation bits (3 on digits at C_o) a fresh
+        network's small activations all do, and no gradient ever reaches the earlier layers.
+        A code above the floor implies acc > 0. Sign-activation layers keep the code mask (their
+        forward is XNOR-popcounts)."""
+        y = step.env[layer.output]
+        if layer.xnor:
+            return y > 0
+        bias = None if layer.bias is None else step.env[layer.bias]
+        return self.accumulator(node, step.env[layer.input], step.env[layer.weight], bias) > 0
+
     def _weight_gradient(self, step: Backward, layer: LayerProgram, node: Node, x: I64,
                          ga: I64, w_shape: tuple[int, ...]) -> tuple[I64, I64]:
         """(G_W codes at gw_exp, the gradient to propagate): exact or seeds/000 Alg. 1."""
@@ -116,10 +133,11 @@ class WeightedVjp:
         return gw, first * s
 
 
-training_entry("int_vjp", "QConv")(WeightedVjp(G.conv_weight_grad, G.conv_input_grad))
+training_entry("int_vjp", "QConv")(WeightedVjp(G.conv_weight_grad, G.conv_input_grad,
+                                               conv_accumulator))
 training_entry("int_vjp", "QGemm")(WeightedVjp(
     lambda node, x, dy, w_shape: G.gemm_weight_grad(node, x, dy),
-    lambda node, w, dy, x_shape: G.gemm_input_grad(node, w, dy)))
+    lambda node, w, dy, x_shape: G.gemm_input_grad(node, w, dy), gemm_accumulator))
 
 
 # -- ops the gradient passes through ------------------------------------------------------------

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.numpy_int.interpreter import run_integer
+from backends.numpy_int.kernels import conv_accumulator, gemm_accumulator
 from backends.numpy_int.train_step import TrainState, backward, init_state, train_step
 from backends.numpy_int.training import gradients as G
 from backends.numpy_int.training.loop import write_float_weights
@@ -123,8 +124,10 @@ def test_ce_gradient_refuses_bad_labels() -> None:
 
 # -- backward against float VJPs ---------------------------------------------------------------
 def float_env(reference, integer, ienv) -> dict:
-    """The integer forward, dequantized, under the float graph's tensor names (a fused ReLU's
-    pre-activation takes the post-ReLU codes: the mask the integer backward uses)."""
+    """The integer forward, dequantized, under the float graph's tensor names. A fused ReLU's
+    pre-activation is the layer's exact integer accumulator: the float Relu VJP reads only its
+    sign, which the integer backward masks by (the straight-through estimator of the
+    rounding; a code of 0 can hide a positive accumulator)."""
     env = dict(reference.constants)
     for v in reference.values.values():
         for name in (v.name + "_codes", v.name, v.name + "_q_codes"):
@@ -132,8 +135,18 @@ def float_env(reference, integer, ienv) -> dict:
             if not v.is_const and iv is not None and iv.quant is not None and name in ienv:
                 env[v.name] = (ienv[name] * iv.quant.step).astype(np.float64)
                 break
+    accumulators = {"QConv": conv_accumulator, "QGemm": gemm_accumulator}
     for node in reference.nodes:
-        if node.op_type == "Relu" and node.inputs[0].name not in env:
+        if node.op_type != "Relu" or node.inputs[0].name in env:
+            continue
+        layer = next((n for n in integer.nodes if n.name == node.inputs[0].producer.name), None)
+        if layer is not None and layer.op_type in accumulators:
+            bias = layer.input(2)
+            acc = accumulators[layer.op_type](layer, ienv[layer.inputs[0].name],
+                                              ienv[layer.inputs[1].name],
+                                              None if bias is None else ienv[bias.name])
+            env[node.inputs[0].name] = acc.astype(np.float64)
+        else:  # a ReLU fused into a Requantize / QAdd masks by its output code
             env[node.inputs[0].name] = env[node.outputs[0].name]
     return env
 
