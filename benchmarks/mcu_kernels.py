@@ -1,7 +1,8 @@
 """qcc's Cortex-M4 kernels layer by layer beside CMSIS-NN's, then the four MLPerf Tiny models whole.
 
     python benchmarks/mcu_kernels.py [--opt=-Os] [--models resnet8_ic,...] [--schemes affine,fixed]
-                                     [--cmsis PATH] [--skip-layers] [--skip-models] [--json F]
+                                     [--cmsis PATH] [--skip-layers] [--skip-models]
+                                     [--no-sub-byte] [--json F]
 
 1. Every distinct Conv / Gemm shape of the four MLPerf Tiny models (examples/mlperf_tiny): the
    layer alone (random weights, a fused ReLU) compiled by qcc at 8 bits (affine) and run from
@@ -11,6 +12,8 @@
    itself), built from the CMSIS-NN sources at --cmsis (default ../shared/anchors/cmsis-nn;
    the table says so when they are missing) with the same compiler and flags. CMSIS-NN is only
    the measuring stick: nothing of it goes into qcc.
+   Then the same shapes with 4- and 2-bit weights and activations, and with ±1 weights (qcc
+   only: CMSIS-NN has no sub-byte convolutions), instructions per MAC beside the 8-bit ones.
 2. The four models whole (32 calibration inputs, one inference checked against the NumPy
    interpreter), instructions per MAC, beside the issue's starting point and the published
    MLPerf Tiny v1.1 engines on a Cortex-M4 at 120 MHz (cycles per MAC).
@@ -51,6 +54,8 @@ CMSIS_SOURCES = ("ConvolutionFunctions/*_s8*.c", "NNSupportFunctions/*.c",
                  "FullyConnectedFunctions/arm_vector_sum_s8.c",
                  "FullyConnectedFunctions/arm_fully_connected_get_buffer_sizes_s8.c")
 TICK = 40  # instructions per SysTick tick (backends/c/build.py INSTRUCTIONS_PER_TICK)
+# the sub-byte table's columns: label, bits, scheme (binary: ±1 weights, 8-bit activations)
+SUB_BYTE = (("4-bit", 4, "affine"), ("2-bit", 2, "affine"), ("±1", 8, "binary"))
 
 
 @dataclass(frozen=True)
@@ -142,14 +147,17 @@ def layer_model(layer: Layer) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def qcc_layer(layer: Layer, work: Path, opt: str) -> int:
-    """Instructions of the layer's qcc kernel (one inference, checked against the interpreter)."""
+def qcc_layer(layer: Layer, work: Path, opt: str, bits: int = 8, scheme: str = "affine") -> int:
+    """Instructions of the layer's qcc kernel (one inference, checked against the interpreter)
+    with weights and activations at `bits` of `scheme` (below 8 rounded to nearest: the
+    kernel's speed, not GPTQ's codes, is measured)."""
     work.mkdir(parents=True)
     onnx.save(layer_model(layer), work / "layer.onnx")
     x_shape = [1, layer.cin] if layer.kind == "fc" else [1, layer.cin, layer.h, layer.w]
     calib = np.random.default_rng(1).uniform(0, 1, [16] + x_shape[1:]).astype(np.float32)
     np.savez(work / "calib.npz", x=calib)
-    graph = compile_model(work / "layer.onnx", 8, "affine", calib=work / "calib.npz").integer
+    graph = compile_model(work / "layer.onnx", bits, scheme, calib=work / "calib.npz",
+                          weight_rounding="nearest").integer
     emit_library(graph, work, "layer", measure=False)
     xs = sample_inputs(graph, 1, seed=3)
     run = run_qemu(build_mcu(work, "layer", opt=opt), xs, work)
@@ -268,7 +276,28 @@ def layer_table(args, work: Path, console: Console) -> list[dict]:
                       f"{theirs / layer.macs:.2f}" if theirs else "-",
                       f"{ours / theirs:.2f}" if theirs else "-")
     console.print(table)
+    if args.sub_byte:
+        sub_byte_table(args, layers, rows, work, console)
     return rows
+
+
+def sub_byte_table(args, layers: dict[Layer, list[str]], rows: list[dict], work: Path,
+                   console: Console) -> None:
+    """The same shapes with 4- and 2-bit weights and activations (affine) and with ±1
+    weights (binary, 8-bit activations): the packed kernels on weights unpacked row by row
+    (a depthwise channel at a time) from their sub-byte storage; rows of fewer than 16 sign
+    bits and sign activations (XNOR) keep the portable path."""
+    table = Table(title=f"Per layer shape, sub-byte weights, Cortex-M4 instructions per MAC "
+                        f"under QEMU ({args.opt}, qcc)")
+    for col in ("layer", "models", "8-bit", *(label for label, _, _ in SUB_BYTE)):
+        table.add_column(col, justify="left" if col in ("layer", "models") else "right")
+    for i, ((layer, models), row) in enumerate(zip(layers.items(), rows)):
+        per_mac = {label: qcc_layer(layer, work / f"layer{i}_{scheme}{bits}", args.opt, bits,
+                                    scheme) / layer.macs for label, bits, scheme in SUB_BYTE}
+        row.update({f"qcc_{label}_per_mac": v for label, v in per_mac.items()})
+        table.add_row(layer.describe(), ",".join(sorted({m.split("_")[0] for m in models})),
+                      f"{row['qcc'] / layer.macs:.2f}", *(f"{v:.2f}" for v in per_mac.values()))
+    console.print(table)
 
 
 def model_table(args, work: Path, console: Console) -> list[dict]:
@@ -302,6 +331,8 @@ def main() -> None:
     parser.add_argument("--cmsis", type=Path, default=CMSIS_DEFAULT)
     parser.add_argument("--skip-layers", action="store_true")
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--sub-byte", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the layer shapes with 4-, 2- and 1-bit (±1) weights")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     missing = missing_tools("arm-none-eabi-gcc", "qemu-system-arm")

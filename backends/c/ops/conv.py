@@ -23,15 +23,18 @@ Four loop orders, all giving acc = b + Σ (x − zx)·w exactly (then kernels.re
   validity mask in uint32 words, then 2·popcount(XNOR(a, w) & valid) − popcount(valid) per
   output channel (xnor.py's identity).
 
-Where the core has the DSP extension (`#if <NAME>_DSP`), 8-bit layers with int8 weights run
-packed kernels instead (ops/dsp.py): strips of int16 codes times 2 x 2 SMLAD blocks for
-ungrouped convs (1x1 included), and for depthwise convs an int16 canvas of each channel with
-its padding, times the kernel rows' tap pairs, four outputs at a time.
+Where the core has the DSP extension (`#if <NAME>_DSP`), 8-bit layers with int8 (or 4-, 2-, 1-bit)
+weights run packed kernels instead (ops/dsp.py): strips of int16 codes (filled two channels
+at a time) times one-row, four-column SMLAD blocks for ungrouped convs (a 1x1 conv takes
+several output rows as one strip on narrow images), and for depthwise convs an int16 canvas
+of each channel with its padding, times the kernel rows' tap pairs, four outputs at a time
+sharing their canvas loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,10 +44,14 @@ from backends.c.ops.dsp import (
     DSP_TYPES,
     DspLayer,
     DspRequant,
+    SharedArg,
+    column_block_fits,
     define_layer,
     dsp_layer,
     dsp_macro,
+    dsp_sub_bits,
     emit_row_blocks,
+    emit_shared_body,
     widen,
 )
 from backends.c.ops.weights import RowReader
@@ -65,6 +72,13 @@ MIN_PATCH_TAPS = 8  # below this many taps per output, the plane order is cheape
 # 128 + 16 cost two sums, 144 or 176 in one loop a scalar tail)
 STRIP_ALIGN = 32
 STRIP_MIN_WIDTH = min(PATCH_BLOCKS)  # narrower output rows: patches span several rows
+# the packed strips of a 1x1 convolution take several output rows at once up to this size
+MERGED_STRIP_BYTES = 8192
+MERGED_COLUMNS = 32
+RAM_TABLE_ROWS = 4  # strip rows from which fixed-point multipliers are filled into RAM
+# the packed depthwise kernel keeps every weight pair of the kernel in a register (with four
+# accumulators, the canvas pointer and a load: 12 of the M4's 14)
+DEPTHWISE_PAIRS = 6
 
 
 @dataclass
@@ -159,6 +173,7 @@ class ConvSetup:
     dsp: DspLayer | None = None  # the packed kernel (ops/dsp.py), where the layer allows it
     dsp_codes: np.ndarray | None = None  # its weight rows, taps in (kw, kh, ic) order
     dsp_depthwise: DspRequant | None = None  # the packed depthwise kernel's requantization
+    dsp_g: ConvShape | None = None  # the geometry the packed strips run on (merged_rows)
 
     def patch_t(self, x_t: str) -> str:
         """int8 codes go into uint8 patches: shifted by the offset, or as they are when none
@@ -189,12 +204,18 @@ class QConvKernel(Kernel):
              else np.zeros(g.cout, np.int64))
         req = Requant.of(node, g.cout, ctx.cname(node, "rq"))
         dsp_codes = None
-        if self.packed and not xnor and rows.kind == "int8" and x.ctype in DSP_TYPES \
+        # one weight row times four strip columns where the columns are within reach
+        block = 1 if column_block_fits(g.sw * g.kh * g.cg) else 2
+        # 4-, 2-bit codes and ±1 signs stay packed in flash, unpacked row by row (one-row
+        # blocks only)
+        bits = 8 if rows.kind == "int8" else dsp_sub_bits(flat) \
+            if rows.kind in ("packed", "signs") and block == 1 else 0
+        if self.packed and not xnor and bits and x.ctype in DSP_TYPES \
                 and g.groups == 1 and (g.dh, g.dw) == (1, 1):
             taps = w.transpose(0, 3, 2, 1) if w.ndim == 4 else w.transpose(0, 2, 1)
             dsp_codes = np.ascontiguousarray(taps.reshape(g.cout, g.k))
         dsp = None if dsp_codes is None else dsp_layer(
-            dsp_codes, b, zx, x.absmax, req, ctx.cname(node, "wd"))
+            dsp_codes, b, zx, x.absmax, req, ctx.cname(node, "wd"), block, bits=bits)
         if dsp is not None:  # the portable path's weights only where it runs
             ctx.consts.directive(f"#if !{dsp_macro(ctx)}")
         if order == "patches" and rows.direct:  # dot products run to the padded length
@@ -220,12 +241,14 @@ class QConvKernel(Kernel):
             partial = g.k * (x.absmax + offset) * rows.absmax + int(np.abs(init).max(initial=0))
         acc_t = acc_type(max(bound, partial), node)
         depthwise = None
-        if self.packed and order == "planes" and rows.kind == "int8" and x.ctype in DSP_TYPES \
+        if self.packed and order == "planes" and rows.kind in ("int8", "packed", "signs") \
+                and x.ctype in DSP_TYPES \
                 and g.cg == 1 and g.mg == 1 and g.groups > 1 and (g.dh, g.dw) == (1, 1) \
-                and acc_t == "int32_t":
+                and acc_t == "int32_t" and g.kh * -(-g.kw // 2) <= DEPTHWISE_PAIRS:
             depthwise = DspRequant.of(req, ctx.cname(node, "dq"), 1, bound)
         setup = ConvSetup(g, rows, req, bound, acc_t, order, zx, [int(v) for v in init],
-                          RowReader(rows, ctx.rt, acc_t), offset, dsp, dsp_codes, depthwise)
+                          RowReader(rows, ctx.rt, acc_t), offset, dsp, dsp_codes, depthwise,
+                          merged_rows(g, _headroom(node, ctx)))
         ctx.memo[node.name] = (setup,)
         return setup
 
@@ -247,19 +270,23 @@ class QConvKernel(Kernel):
         s = self.setup(node, ctx)
         plan = self._portable_plan(node, ctx, s)
         if s.dsp is not None:
-            strip = DspStrip(s.g, s.dsp.kp)
+            assert s.dsp_g is not None
+            strip = DspStrip(s.dsp_g, s.dsp.kp)
             first = plan.scratch[0]
             size = C_SIZES[first.ctype]
-            plan.scratch[0] = Scratch(first.ctype, max(first.count, -(-strip.nbytes // size)))
-            plan.note += (f"; with {dsp_macro(ctx)}: packed 2x2 SMLAD blocks on int16 strips of "
-                          f"{strip.cols} columns")
+            nbytes = _row_scratch_at(s) + (s.dsp.kp if s.dsp.bits < 8 else 0)
+            plan.scratch[0] = Scratch(first.ctype, max(first.count, -(-nbytes // size)))
+            shape = "1 row x 4 columns" if s.dsp.block == 1 else "2x2"
+            unpacked = f" ({s.dsp.bits}-bit weights unpacked per row)" if s.dsp.bits < 8 else ""
+            plan.note += (f"; with {dsp_macro(ctx)}: packed {shape} SMLAD blocks{unpacked} on "
+                          f"int16 strips of {strip.cols} columns")
         if s.dsp_depthwise is not None:
             canvas = Canvas(s.g)
             first = plan.scratch[0]
             size = C_SIZES[first.ctype]
             plan.scratch[0] = Scratch(first.ctype, max(first.count, -(-canvas.nbytes // size)))
             plan.note += (f"; with {dsp_macro(ctx)}: SMLAD on tap pairs over an int16 canvas of "
-                          f"{canvas.rows}x{canvas.cols}, two outputs at a time")
+                          f"{canvas.rows}x{canvas.cols}, four outputs at a time")
         return plan
 
     def _portable_plan(self, node: Node, ctx, s: ConvSetup) -> KernelPlan:
@@ -296,19 +323,40 @@ class QConvKernel(Kernel):
             assert s.dsp_codes is not None
             ctx.consts.directive(f"#if {dsp_macro(ctx)}")
             define_layer(ctx.consts, s.dsp, s.dsp_codes)
-            ctx.consts.directive("#else")
             w.directive(f"#if {dsp_macro(ctx)}")
-            _emit_dsp_strips(w, ctx, s, x.ctype, out_t)
+            for i in range(1, len(self._portable_plan(node, ctx, s).scratch)):
+                w.line(f"(void)s{i}; /* the portable path's unpacked row */")
+            assert s.dsp_g is not None
+            layer = s.dsp
+            table = _ram_table(w, layer.req, DspStrip(s.dsp_g, layer.kp).nbytes, s.dsp_g.ho)
+            body_layer = layer.renamed("dw")
+            body_layer = replace(body_layer, req=replace(body_layer.req, ram=bool(table)))
+            emit_shared_body(w, ctx, _io_args(x.ctype, out_t) + layer.shared_args("dw", table),
+                             lambda body: _emit_dsp_strips(body, ctx, s, body_layer, x.ctype,
+                                                           out_t))
+            ctx.consts.directive("#else")
             w.directive("#else")
         if any(s.init):  # the depthwise kernels share the start values (and the weights)
-            ctx.const_array(node, "init", s.acc_t, [int_literal(v) for v in s.init])
+            # int16 where every start value fits (flash); the kernels add it to their sums
+            init_t = "int16_t" if all(-(1 << 15) <= v < 1 << 15 for v in s.init) else s.acc_t
+            ctx.const_array(node, "init", init_t, [int_literal(v) for v in s.init])
         init = f"{ctx.cname(node, 'init')}[oc]" if any(s.init) else "0"
         if s.dsp_depthwise is not None:
             ctx.consts.directive(f"#if {dsp_macro(ctx)}")
-            s.dsp_depthwise.define(ctx.consts)
-            ctx.consts.directive("#else")
+            req = s.dsp_depthwise
+            req.define(ctx.consts)
             w.directive(f"#if {dsp_macro(ctx)}")
-            _emit_dsp_depthwise(w, ctx, s, x.ctype, out_t, init)
+            packed = s.rows.kind != "int8"  # unpacked per channel into s1 (RowReader)
+            args = _io_args(x.ctype, out_t) + [
+                SharedArg("const uint8_t *" if packed else f"const {s.rows.row_ctype} *", "dw",
+                          s.rows.cname)] + req.shared_args("dw_rq") + \
+                ([SharedArg("int8_t *restrict ", "s1", "s1")] if packed else [])
+            if any(s.init):
+                args.append(SharedArg(f"const {init_t} *", "dw_init", ctx.cname(node, "init")))
+            emit_shared_body(w, ctx, args, lambda body: _emit_dsp_depthwise(
+                body, ctx, s, x.ctype, out_t, "dw_init[oc]" if any(s.init) else "0", "dw",
+                replace(req, prefix="dw_rq")))
+            ctx.consts.directive("#else")
             w.directive("#else")
         ctx.constant_bytes += s.req.define(ctx.consts)
         emitter = {"xnor": _emit_xnor, "patches": _emit_patches, "strips": _emit_strips,
@@ -541,10 +589,12 @@ def _fill_strip_row(w: CWriter, strip: Strip, s: ConvSetup, x_t: str, pad: str) 
 
 
 def _fill_row(w: CWriter, g: ConvShape, strip: Strip | DspStrip, x_t: str,
-              buffer: tuple[str, str, str], pad: str, code: str, note: str = "") -> None:
+              buffer: tuple[str, str, str], pad: str, code: str, note: str = "",
+              image: Callable[[], None] | None = None) -> None:
     """Row slot kh of every column: input row oh·SH + kh − PH as `code` (of xr[iw]), `pad`
     where it is padding. `buffer`: the strip's base pointer, the name and C type of the row
-    pointer written here."""
+    pointer written here; `image`, when given, emits the copy of the image columns instead of
+    the code-by-code loop."""
     base, row, row_t = buffer
     depth = strip.depth
     w.line(f"const int32_t ih = {linear([('oh', g.sh), ('kh', 1)], -g.ph)};")
@@ -561,11 +611,15 @@ def _fill_row(w: CWriter, g: ConvShape, strip: Strip | DspStrip, x_t: str,
             w.line("continue;")
     if g.pw:
         pad_columns(0, g.pw)
-    with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
-        w.line(f"const {x_t} *const xr = x0 + {linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
-        w.line(f"{row_t} *const qc = {row} + {linear([('ic', 1)], g.pw * depth)};")
-        with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
-            w.line(f"qc[iw * {depth}] = {code};")
+    if image is not None:
+        image()
+    else:
+        with w.block(f"for (ic = 0; ic < {g.cg}; ++ic)"):
+            w.line(f"const {x_t} *const xr = x0 + "
+                   f"{linear([('ic', g.h * g.wd), ('ih', g.wd)])};")
+            w.line(f"{row_t} *const qc = {row} + {linear([('ic', 1)], g.pw * depth)};")
+            with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
+                w.line(f"qc[iw * {depth}] = {code};")
     if g.pw + strip.image < strip.cols:
         pad_columns(g.pw + strip.image, strip.cols)
 
@@ -635,16 +689,93 @@ class DspStrip:
         return 2 * self.count
 
 
-def _emit_dsp_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str) -> None:
-    """Per output row: slide the strip, widen the new input rows into it, then every pair of
-    output channels times every pair of output columns (ops/dsp.py emit_row_blocks)."""
-    g, layer = s.g, s.dsp
-    assert layer is not None
+def _ram_table_at(nbytes: int) -> int:
+    """The byte offset in the scratch of the RAM multiplier table: after the strip or canvas
+    (`nbytes`), word-aligned."""
+    return -(-nbytes // 4) * 4
+
+
+def _ram_table_bytes(req: DspRequant, rows: int) -> int:
+    """A strip kernel over `rows` output rows whose multipliers are a power-of-two table
+    (fixed point: base << exponent) gets them as int32 in RAM, filled once per call
+    (DspRequant.fill_ram, ~6 instructions a channel), where that is cheaper than the shift
+    of every channel in every row (2 instructions each): its kernel then reads them as an
+    affine layer does (the same code, for fixed no slower than affine), for 4 bytes of
+    scratch a channel. A depthwise kernel computes each channel's multiplier once anyway."""
+    return 4 * len(req.mults) if req.mult_base is not None and rows >= RAM_TABLE_ROWS else 0
+
+
+def _row_scratch_at(s: ConvSetup) -> int:
+    """The byte offset in the scratch after the strip and the RAM multiplier table: where a
+    sub-byte layer unpacks its weight rows (word-aligned)."""
+    assert s.dsp is not None and s.dsp_g is not None
+    return _ram_table_at(DspStrip(s.dsp_g, s.dsp.kp).nbytes) + \
+        _ram_table_bytes(s.dsp.req, s.dsp_g.ho)
+
+
+def _ram_table(w: CWriter, req: DspRequant, after: int, rows: int) -> str:
+    """Declare and fill the RAM multiplier table `mt` in the scratch after `after` bytes, where
+    the layer has one (_ram_table_bytes); returns its name, or "" without one."""
+    if not _ram_table_bytes(req, rows):
+        return ""
+    w.line(f"int32_t *const mt = (int32_t *)(void *)((uint8_t *)(void *)s0 + "
+           f"{_ram_table_at(after)});")
+    req.fill_ram(w, "mt")
+    return "mt"
+
+
+def _io_args(x_t: str, out_t: str) -> list[SharedArg]:
+    """A shared kernel body's input, output and scratch (the layer function's x0, y0, s0)."""
+    return [SharedArg(f"const {x_t} *restrict ", "x0", "x0"),
+            SharedArg(f"{out_t} *restrict ", "y0", "y0"),
+            SharedArg("void *restrict ", "s0", "s0")]
+
+
+def _headroom(node: Node, ctx) -> int:
+    """Bytes a scratch of this node may take without raising the arena above the largest
+    input + output set of any node (a floor of the liveness bound): a merged strip never
+    costs RAM on the node that sets the arena."""
+    def io_bytes(n: Node) -> int:
+        values = {v.name: v for v in [*n.inputs, *n.outputs] if v is not None and not v.is_const
+                  and v.name in ctx.info}
+        return sum(ctx.t(v).numel * C_SIZES.get(ctx.t(v).ctype, 4) for v in values.values())
+
+    if "conv/io_peak" not in ctx.memo:
+        ctx.memo["conv/io_peak"] = (max((io_bytes(n) for n in ctx.graph.nodes), default=0),)
+    return ctx.memo["conv/io_peak"][0] - io_bytes(node)
+
+
+def merged_rows(g: ConvShape, headroom: int) -> ConvShape:
+    """The geometry the packed strips of a 1x1 convolution (stride 1, no padding) run on: R
+    output rows as one row of R·W columns (the input and output planes are contiguous, so
+    the indices are the same), R the smallest divisor of H giving MERGED_COLUMNS columns (else
+    the largest) whose strip stays within MERGED_STRIP_BYTES and the node's `headroom`: the
+    per-row work (each channel's start value, multiplier and weight pointer, the block loops'
+    bookkeeping) runs H / R times instead of H on narrow images, without a RAM cost. Other
+    convolutions keep their rows."""
+    pointwise = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.h, g.wd) == (1, 1, 1, 1, 0, 0, g.ho, g.wo)
+    if not pointwise or g.groups != 1:
+        return g
+    fits = [r for r in range(1, g.ho + 1) if g.ho % r == 0 and
+            2 * r * g.wo * g.cin <= min(MERGED_STRIP_BYTES, max(headroom, 2 * g.wo * g.cin))]
+    wide = [r for r in fits if r * g.wo >= MERGED_COLUMNS]
+    r = min(wide) if wide else max(fits, default=1)
+    return replace(g, h=g.h // r, wd=g.wd * r, ho=g.ho // r, wo=g.wo * r)
+
+
+def _emit_dsp_strips(w: CWriter, ctx, s: ConvSetup, layer: DspLayer, x_t: str,
+                     out_t: str) -> None:
+    """Per output row: slide the strip, widen the new input rows into it, then every output
+    channel times every block of output columns (ops/dsp.py emit_row_blocks), with the
+    constants of `layer`."""
+    assert s.dsp_g is not None
+    g = s.dsp_g
     strip = DspStrip(g, layer.kp)
     depth, cols = strip.depth, strip.cols
     slide = g.sh < g.kh and g.ho > 1
     w.line("int16_t *const q = (int16_t *)(void *)s0;")
     w.line("int32_t oh, kh, ic, iw;")
+    w.line("(void)iw; /* pads and odd channels only */")
     if strip.count > cols * depth:
         w.comment("the tail read by the last column's padded taps (times zero weights)")
         with w.block(f"for (iw = {cols * depth}; iw < {strip.count}; ++iw)"):
@@ -658,19 +789,40 @@ def _emit_dsp_strips(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str) -> Non
                 w.line(f"memmove(q, q + {shift}, {2 * (cols * depth - shift)});")
                 w.line(f"kh = {g.kh - g.sh};")
         with w.block(f"for ({'' if slide else 'kh = 0'}; kh < {g.kh}; ++kh)"):
-            _fill_dsp_row(w, g, strip, s.zx, x_t)
+            _fill_dsp_row(w, ctx, g, strip, s.zx, x_t)
         step = g.sw * depth
 
         def store(row: str, col: str, value: str) -> str:
             return f"y0[{row} * {g.plane} + {linear([('oh', g.wo)])} + {col}] = ({out_t}){value};"
 
         with w.block(""):
-            emit_row_blocks(w, ctx, layer, g.wo, lambda c: f"q + ({c}) * {step}", store, step)
+            emit_row_blocks(w, ctx, layer, g.wo, lambda c: f"q + ({c}) * {step}", store, step,
+                            f"(uint8_t *)s0 + {_row_scratch_at(s)}")
 
 
-def _fill_dsp_row(w: CWriter, g: ConvShape, strip: DspStrip, zx: int, x_t: str) -> None:
-    """Row slot kh of every column of the int16 DSP strip (`_fill_row`), zx in the padding."""
-    _fill_row(w, g, strip, x_t, ("q", "qs", "int16_t"), str(zx), "xr[iw]")
+def _fill_dsp_row(w: CWriter, ctx, g: ConvShape, strip: DspStrip, zx: int, x_t: str) -> None:
+    """Row slot kh of every column of the int16 DSP strip (`_fill_row`), zx in the padding:
+    the image columns two channels at a time (qcc_dsp.h's pair: one word per pixel, four
+    pixels per step), an odd last channel code by code."""
+    depth, pair = strip.depth, f"{ctx.rt}dsp_pair_{_DSP_SUFFIX[x_t]}"
+
+    def image() -> None:
+        plane = g.h * g.wd
+        if g.cg >= 2:
+            with w.block(f"for (ic = 0; ic + 1 < {g.cg}; ic += 2)"):
+                w.line(f"const {x_t} *const xr = x0 + {linear([('ic', plane), ('ih', g.wd)])};")
+                w.line(f"{pair}(xr, xr + {plane}, qs + {linear([('ic', 1)], g.pw * depth)}, "
+                       f"{depth}, {strip.image});")
+        if g.cg % 2:
+            w.line(f"const {x_t} *const xr = x0 + {linear([('ih', g.wd)], (g.cg - 1) * plane)};")
+            w.line(f"int16_t *const qc = qs + {g.pw * depth + g.cg - 1};")
+            with w.block(f"for (iw = 0; iw < {strip.image}; ++iw)"):
+                w.line(f"qc[iw * {depth}] = xr[iw];")
+
+    _fill_row(w, g, strip, x_t, ("q", "qs", "int16_t"), str(zx), "xr[iw]", image=image)
+
+
+_DSP_SUFFIX = {"uint8_t": "u8", "int8_t": "s8", "int16_t": "s16"}
 
 
 # -- packed DSP depthwise ----------------------------------------------------------------------
@@ -700,12 +852,12 @@ class Canvas:
 
 
 def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
-                        init: str) -> None:
+                        init: str, weights: str, req: DspRequant) -> None:
     """Per channel: its plane into the canvas (centred: the padding adds 0), its KH x KW
-    weights into int16 pairs (tap pairs along a kernel row, an odd last tap paired with 0),
-    then four output columns at a time: one SMLAD per tap pair and output."""
-    g, req, rt = s.g, s.dsp_depthwise, ctx.rt
-    assert req is not None
+    weights (the array `weights`) into int16 pairs (tap pairs along a kernel row, an odd last
+    tap paired with 0), then four output columns at a time: one SMLAD per tap pair and
+    output."""
+    g, rt = s.g, ctx.rt
     canvas = Canvas(g)
     cw = canvas.cols
     pairs = -(-g.kw // 2)
@@ -715,7 +867,10 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
         w.line("cv[iw] = 0; /* the padding, never written again */")
     with w.block(f"for (oc = 0; oc < {g.cout}; ++oc)"):
         w.line(f"const {x_t} *const xc = x0 + oc * {g.h * g.wd};")
-        w.line(f"const {s.rows.row_ctype} *const wr = {s.rows.cname} + oc * {g.k};")
+        if s.rows.kind != "int8":  # sub-byte codes or signs: the channel's row unpacked
+            RowReader(replace(s.rows, cname=weights), rt, s.acc_t).fetch(w, "oc", "s1")
+        else:
+            w.line(f"const {s.rows.row_ctype} *const wr = {weights} + oc * {g.k};")
         with w.block(f"for (ih = 0; ih < {g.h}; ++ih)"):
             w.line(f"int16_t *const row = cv + {linear([('ih', cw)], g.ph * cw + g.pw)};")
             if s.zx:
@@ -731,7 +886,7 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
                 names.append(f"k{kh}_{j}")
                 w.line(f"const uint32_t k{kh}_{j} = (uint32_t)(uint16_t)wr[{t}] | {hi};")
         w.line(f"const int32_t start = {init};")
-        req.declare(w, "oc", "0")
+        req.declare(w, "oc", "0", req.fused)
         with w.block(f"for (oh = 0; oh < {g.ho}; ++oh)"):
             w.line(f"const int16_t *const top = cv + oh * {g.sh * cw};")
             w.line(f"{out_t} *const yr = y0 + oc * {g.plane} + oh * {g.wo};")
@@ -741,7 +896,7 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
                 w.line(f"int32_t {', '.join(f'{a} = start' for a in accs)};")
                 w.line(f"const int16_t *const p = top + {linear([(col, g.sw)])};")
                 w.directive("#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)")
-                _depthwise_asm(w, g, cw, pairs, count)
+                _depthwise_asm(w, g, cw, pairs, count, req.fused)
                 w.directive("#else")
                 for kh in range(g.kh):
                     for j in range(pairs):
@@ -749,9 +904,13 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
                             at = kh * cw + 2 * j + c * g.sw
                             w.line(f"{a} = {rt}dsp_smlad({rt}dsp_load_pair(p + {at}), "
                                    f"k{kh}_{j}, {a});")
+                if req.fused:
+                    for a in accs:
+                        w.line(f"{a} = {rt}dsp_high_word({a}, m0, 0, 0);")
                 w.directive("#endif")
                 for c, a in enumerate(accs):
-                    w.line(f"yr[{col} + {c}] = ({out_t}){req.expr(a, '0', rt)};")
+                    value = req.clamp(a, rt) if req.fused else req.expr(a, "0", rt)
+                    w.line(f"yr[{col} + {c}] = ({out_t}){value};")
 
             # four outputs per iteration (the loop's bookkeeping and the weight pairs'
             # reloads, when they do not stay in registers, spread over 36 MACs), then the rest
@@ -768,15 +927,26 @@ def _emit_dsp_depthwise(w: CWriter, ctx, s: ConvSetup, x_t: str, out_t: str,
                     done += count
 
 
-def _depthwise_asm(w: CWriter, g: ConvShape, cw: int, pairs: int, count: int) -> None:
-    """The taps of `count` neighbouring outputs as one asm statement: per tap pair and output
-    one (unaligned) LDR of the canvas pair and one SMLAD with the weight pair in a register."""
-    text = []
+def _depthwise_asm(w: CWriter, g: ConvShape, cw: int, pairs: int, count: int,
+                   fused: bool) -> None:
+    """The taps of `count` neighbouring outputs as one asm statement: one (unaligned) LDR per
+    distinct canvas pair, then an SMLAD with the weight pair in a register for every output
+    that reads it (output c's tap pair j + 1 is output c + 2 / SW's pair j: 6 loads instead of
+    8 per kernel row of four outputs at stride 1, 5 at stride 2). `fused`: the sums leave
+    multiplied by the channel's m0 (SMMULR, DspRequant.fused): one load of it per block
+    whatever gcc's register allocation around the block."""
+    readers: dict[int, list[str]] = {}
     for kh in range(g.kh):
         for j in range(pairs):
             for c in range(count):
-                text += [f"ldr %[x], [%[p], #{2 * (kh * cw + 2 * j + c * g.sw)}]",
-                         f"smlad %[a{c}], %[x], %[k{kh}_{j}], %[a{c}]"]
+                at = 2 * (kh * cw + 2 * j + c * g.sw)
+                readers.setdefault(at, []).append(
+                    f"smlad %[a{c}], %[x], %[k{kh}_{j}], %[a{c}]")
+    text = []
+    for at in sorted(readers):
+        text += [f"ldr %[x], [%[p], #{at}]", *readers[at]]
+    if fused:  # the multiplier from memory into the free load register (13 are taken)
+        text += ["ldr %[x], %[m]"] + [f"smmulr %[a{c}], %[a{c}], %[x]" for c in range(count)]
     w.line("uint32_t r_x;")
     w.line("__asm__(")
     w.depth += 1
@@ -784,7 +954,7 @@ def _depthwise_asm(w: CWriter, g: ConvShape, cw: int, pairs: int, count: int) ->
         w.line(f'"{line}\\n\\t"')
     w.line(": " + ", ".join([f'[a{c}] "+r"(a{c})' for c in range(count)] + ['[x] "=&r"(r_x)']))
     ins = ['[p] "r"(p)'] + [f'[k{kh}_{j}] "r"(k{kh}_{j})' for kh in range(g.kh)
-                            for j in range(pairs)]
+                            for j in range(pairs)] + (['[m] "m"(m0)'] if fused else [])
     for i in range(0, len(ins), 4):
         w.line((": " if i == 0 else "  , ") + ", ".join(ins[i:i + 4]))
     w.line(': "memory");')

@@ -17,10 +17,14 @@ from backends.c.ops.common import Requant, acc_type
 from backends.c.ops.dsp import (
     DSP_TYPES,
     DspLayer,
+    SharedArg,
     define_layer,
     dsp_layer,
     dsp_macro,
+    dsp_sub_bits,
+    emit_byte_rows,
     emit_row_blocks,
+    emit_shared_body,
     widen,
 )
 from backends.c.ops.weights import RowReader
@@ -28,6 +32,10 @@ from backends.c.packing import store_rows
 from backends.c.writer import CWriter
 from qcc.core.ir import Node
 from qcc.core.layers import weight_rows
+
+# weight rows below which a Gemm of one 8-bit row reads it as bytes rather than widening it
+# (widening costs ~2.5 instructions per activation, the byte kernel 0.75 per weight row)
+BYTE_ROWS = 16
 
 
 @c_kernel
@@ -53,12 +61,18 @@ class QGemmKernel(Kernel):
         req = Requant.of(node, m, ctx.cname(node, "rq"))
         codes = np.ascontiguousarray(rows_w)
         dsp = None
-        if self.packed and not xnor and x.ctype in DSP_TYPES and \
-                store_rows(codes, "").kind == "int8":
+        kind = store_rows(codes, "").kind
+        if self.packed and not xnor and x.ctype in DSP_TYPES and kind == "int8":
             # one input row: blocks of four weight rows share its loads (where no zero row
             # pads the last block: flash); else 2 x 2 blocks
+            one_row = x.numel // k == 1
             dsp = dsp_layer(codes, b, zx, x.absmax, req, ctx.cname(node, "wd"),
-                            block=4 if x.numel // k == 1 and m % 4 == 0 else 2)
+                            block=4 if one_row and m % 4 == 0 else 2,
+                            byte_x=one_row and x.ctype != "int16_t" and m < BYTE_ROWS)
+        elif self.packed and not xnor and x.ctype in DSP_TYPES and kind in ("packed", "signs"):
+            # 4- / 2- / 1-bit rows stay packed, unpacked one at a time (one-row blocks)
+            dsp = dsp_layer(codes, b, zx, x.absmax, req, ctx.cname(node, "wd"), block=1,
+                            bits=dsp_sub_bits(codes))
         if dsp is not None:  # the portable path's weights only where it runs
             ctx.consts.directive(f"#if !{dsp_macro(ctx)}")
         rows = ctx.weights(node, "w", codes, xnor=xnor)
@@ -74,10 +88,21 @@ class QGemmKernel(Kernel):
     def plan(self, node: Node, ctx) -> KernelPlan:
         m, k, n, rows, _, _, acc_t, dsp, _ = self.setup(node, ctx)
         if dsp is not None:  # the portable path reads the weights in place: no scratch
-            return KernelPlan([Scratch("int16_t", 2 * dsp.kp)], macs=n * m * k,
+            cols = 1 if dsp.block == 4 or n == 1 else 2
+            blocks = (f"the input row read as bytes times blocks of {dsp.block} rows"
+                      if dsp.byte_x else f"SMLAD blocks of {dsp.block} row(s) x {cols} "
+                      f"widened input row(s)")
+            if dsp.bits < 8:
+                blocks += f", {dsp.bits}-bit weights unpacked per row"
+            # the widened input rows (none for the byte kernel: one element keeps s0)
+            scratch = Scratch("int16_t", 1 if dsp.byte_x else 2 * dsp.kp)
+            if dsp.bits < 8:  # + the unpacked weight row; the portable path unpacks into s0
+                nbytes = 4 * dsp.kp + dsp.kp
+                scratch = Scratch("int8_t", max(nbytes, RowReader(rows, ctx.rt, acc_t)
+                                                .scratch[0].count))
+            return KernelPlan([scratch], macs=n * m * k,
                               note=f"gemm {n}x{k} by {m}x{k}; with {dsp_macro(ctx)}: packed "
-                                   f"SMLAD blocks of 2 rows x 2 input rows, else {acc_t} "
-                                   f"accumulators")
+                                   f"{blocks}, else {acc_t} accumulators")
         if rows.kind == "xnor":
             return KernelPlan([Scratch("uint32_t", rows.words)], macs=n * m * k,
                               note=f"XNOR-popcount gemm, {n}x{k} by {m}x{k}")
@@ -92,9 +117,14 @@ class QGemmKernel(Kernel):
         if dsp is not None:
             ctx.consts.directive(f"#if {dsp_macro(ctx)}")
             define_layer(ctx.consts, dsp, codes)
-            ctx.consts.directive("#else")
             w.directive(f"#if {dsp_macro(ctx)}")
-            _emit_dsp(w, ctx, dsp, n, ctx.t(node.inputs[0]).ctype, out_t)
+            x_t = ctx.t(node.inputs[0]).ctype
+            args = [SharedArg(f"const {x_t} *restrict ", "x0", "x0"),
+                    SharedArg(f"{out_t} *restrict ", "y0", "y0"),
+                    SharedArg("void *restrict ", "s0", "s0"), *dsp.shared_args("dw")]
+            emit_shared_body(w, ctx, args, lambda body: _emit_dsp(
+                body, ctx, dsp.renamed("dw"), n, x_t, out_t))
+            ctx.consts.directive("#else")
             w.directive("#else")
             w.line("(void)s0; /* the packed kernel's scratch */")
         ctx.constant_bytes += req.define(ctx.consts)
@@ -160,8 +190,14 @@ class QGemmKernel(Kernel):
 
 def _emit_dsp(w: CWriter, ctx, layer: DspLayer, n: int, x_t: str, out_t: str) -> None:
     """Two input rows at a time widened to int16 (zero taps up to kp), then every pair of
-    weight rows times them (ops/dsp.py); an odd last input row alone."""
+    weight rows times them (ops/dsp.py); an odd last input row alone. One 8-bit row times
+    few weight rows reads the row as bytes instead (ops/dsp.py emit_byte_rows)."""
     k, kp, m, rt = layer.k, layer.kp, layer.rows, ctx.rt
+    if layer.byte_x:
+        w.line("(void)s0; /* the widened rows' scratch: not needed */")
+        emit_byte_rows(w, ctx, layer, x_t,
+                       lambda row, col, value: f"y0[{row}] = ({out_t}){value};")
+        return
     w.line("int16_t *const z = (int16_t *)(void *)s0;")
     w.line("int32_t r, i;" if kp > k else "int32_t r;")
     if kp > k:
@@ -178,7 +214,8 @@ def _emit_dsp(w: CWriter, ctx, layer: DspLayer, n: int, x_t: str, out_t: str) ->
         for c in range(cols):
             w.line(f"{widen_x}(x0 + (r + {c}) * {k}, z + {c * kp}, {k});")
         with w.block(""):
-            emit_row_blocks(w, ctx, layer, cols, lambda c: f"z + ({c}) * {kp}", store, kp)
+            emit_row_blocks(w, ctx, layer, cols, lambda c: f"z + ({c}) * {kp}", store, kp,
+                            f"(uint8_t *)s0 + {4 * kp}")
 
     if n >= 2:
         with w.block(f"for (r = 0; r + 1 < {n}; r += 2)"):

@@ -69,6 +69,19 @@ QCC_DSP_INLINE uint32_t qcc_dsp_sxtb16_ror8(uint32_t w)
     return r;
 }
 
+/* UXTB16 (and after ROR #8): bytes 0 and 2 (1 and 3) of w, zero-extended, as the halves. */
+QCC_DSP_INLINE uint32_t qcc_dsp_uxtb16(uint32_t w)
+{
+    return (uint32_t)__uxtb16(w);
+}
+
+QCC_DSP_INLINE uint32_t qcc_dsp_uxtb16_ror8(uint32_t w)
+{
+    uint32_t r;
+    __asm("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+}
+
 /* SMLAD: acc + lo(a) * lo(b) + hi(a) * hi(b), halves as int16 (the caller proved no
  * overflow of int32). */
 QCC_DSP_INLINE int32_t qcc_dsp_smlad(uint32_t a, uint32_t b, int32_t acc)
@@ -90,6 +103,16 @@ QCC_DSP_INLINE uint32_t qcc_dsp_sxtb16_ror8(uint32_t w)
     return qcc_dsp_sxtb16(w >> 8);
 }
 
+QCC_DSP_INLINE uint32_t qcc_dsp_uxtb16(uint32_t w)
+{
+    return (w & 0xFFu) | (w & 0xFF0000u);
+}
+
+QCC_DSP_INLINE uint32_t qcc_dsp_uxtb16_ror8(uint32_t w)
+{
+    return qcc_dsp_uxtb16(w >> 8);
+}
+
 QCC_DSP_INLINE int32_t qcc_dsp_half(uint32_t v, int32_t high)
 {
     return (int32_t)(int16_t)(uint16_t)(high ? v >> 16 : v & 0xFFFFu);
@@ -100,6 +123,35 @@ QCC_DSP_INLINE int32_t qcc_dsp_smlad(uint32_t a, uint32_t b, int32_t acc)
     return acc + qcc_dsp_half(a, 0) * qcc_dsp_half(b, 0) + qcc_dsp_half(a, 1) * qcc_dsp_half(b, 1);
 }
 
+#endif
+
+/* PKHBT lo, hi, LSL #16: the low half of lo, the low half of hi above it; PKHTB hi, lo, ASR
+ * #16: the high half of lo below the high half of hi (one instruction each; gcc does not fuse
+ * the masks and shifts by itself). */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+QCC_DSP_INLINE uint32_t qcc_dsp_pack_low(uint32_t lo, uint32_t hi)
+{
+    uint32_t r;
+    __asm("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(lo), "r"(hi));
+    return r;
+}
+
+QCC_DSP_INLINE uint32_t qcc_dsp_pack_high(uint32_t lo, uint32_t hi)
+{
+    uint32_t r;
+    __asm("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(hi), "r"(lo));
+    return r;
+}
+#else
+QCC_DSP_INLINE uint32_t qcc_dsp_pack_low(uint32_t lo, uint32_t hi)
+{
+    return (lo & 0xFFFFu) | hi << 16;
+}
+
+QCC_DSP_INLINE uint32_t qcc_dsp_pack_high(uint32_t lo, uint32_t hi)
+{
+    return lo >> 16 | (hi & 0xFFFF0000u);
+}
 #endif
 
 /* Four bytes to memory at any address from one word. */
@@ -123,8 +175,8 @@ QCC_DSP_INLINE void qcc_dsp_widen_u8(const uint8_t *src, int16_t *dst, int32_t n
         uint32_t odd;
         const uint32_t even = __uxtb16(w);
         __asm("uxtb16 %0, %1, ror #8" : "=r"(odd) : "r"(w)); /* one instruction */
-        qcc_dsp_store32(dst + i, (even & 0xFFFFu) | odd << 16);
-        qcc_dsp_store32(dst + i + 2, (odd & 0xFFFF0000u) | even >> 16);
+        qcc_dsp_store32(dst + i, qcc_dsp_pack_low(even, odd));
+        qcc_dsp_store32(dst + i + 2, qcc_dsp_pack_high(even, odd));
     }
 #endif
     for (i = head; i < n; ++i) {
@@ -140,12 +192,75 @@ QCC_DSP_INLINE void qcc_dsp_widen_s8(const int8_t *src, int16_t *dst, int32_t n)
     for (i = 0; i < head; i += 4) {
         const uint32_t w = qcc_dsp_load32(src + i);
         const uint32_t even = qcc_dsp_sxtb16(w), odd = qcc_dsp_sxtb16_ror8(w);
-        qcc_dsp_store32(dst + i, (even & 0xFFFFu) | odd << 16);
-        qcc_dsp_store32(dst + i + 2, (odd & 0xFFFF0000u) | even >> 16);
+        qcc_dsp_store32(dst + i, qcc_dsp_pack_low(even, odd));
+        qcc_dsp_store32(dst + i + 2, qcc_dsp_pack_high(even, odd));
     }
 #endif
     for (i = head; i < n; ++i) {
         dst[i] = (int16_t)src[i];
+    }
+}
+
+/*
+ * The codes of two channels, a and b, interleaved into int16 pairs n times, `stride` int16
+ * apart: dst[i * stride] = a[i], dst[i * stride + 1] = b[i] (a strip column holds a pixel's
+ * channels next to each other, and SMLAD reads two of them as one word). Where the DSP
+ * extension has UXTB16 / SXTB16, four pixels per step: one word of each channel, its bytes 0, 2
+ * and 1, 3, then PKHBT / PKHTB pair the two channels' halves; four words stored.
+ */
+QCC_DSP_INLINE void qcc_dsp_pair_u8(const uint8_t *a, const uint8_t *b, int16_t *dst,
+                                    int32_t stride, int32_t n)
+{
+    int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
+    for (; i + 3 < n; i += 4) {
+        int16_t *const d = dst + i * stride;
+        const uint32_t wa = qcc_dsp_load32(a + i), wb = qcc_dsp_load32(b + i);
+        const uint32_t ea = __uxtb16(wa), eb = __uxtb16(wb);
+        uint32_t oa, ob;
+        __asm("uxtb16 %0, %1, ror #8" : "=r"(oa) : "r"(wa));
+        __asm("uxtb16 %0, %1, ror #8" : "=r"(ob) : "r"(wb));
+        qcc_dsp_store32(d, qcc_dsp_pack_low(ea, eb));
+        qcc_dsp_store32(d + stride, qcc_dsp_pack_low(oa, ob));
+        qcc_dsp_store32(d + 2 * stride, qcc_dsp_pack_high(ea, eb));
+        qcc_dsp_store32(d + 3 * stride, qcc_dsp_pack_high(oa, ob));
+    }
+#endif
+    for (; i < n; ++i) {
+        dst[i * stride] = (int16_t)a[i];
+        dst[i * stride + 1] = (int16_t)b[i];
+    }
+}
+
+QCC_DSP_INLINE void qcc_dsp_pair_s8(const int8_t *a, const int8_t *b, int16_t *dst,
+                                    int32_t stride, int32_t n)
+{
+    int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
+    for (; i + 3 < n; i += 4) {
+        int16_t *const d = dst + i * stride;
+        const uint32_t wa = qcc_dsp_load32(a + i), wb = qcc_dsp_load32(b + i);
+        const uint32_t ea = qcc_dsp_sxtb16(wa), eb = qcc_dsp_sxtb16(wb);
+        const uint32_t oa = qcc_dsp_sxtb16_ror8(wa), ob = qcc_dsp_sxtb16_ror8(wb);
+        qcc_dsp_store32(d, qcc_dsp_pack_low(ea, eb));
+        qcc_dsp_store32(d + stride, qcc_dsp_pack_low(oa, ob));
+        qcc_dsp_store32(d + 2 * stride, qcc_dsp_pack_high(ea, eb));
+        qcc_dsp_store32(d + 3 * stride, qcc_dsp_pack_high(oa, ob));
+    }
+#endif
+    for (; i < n; ++i) {
+        dst[i * stride] = (int16_t)a[i];
+        dst[i * stride + 1] = (int16_t)b[i];
+    }
+}
+
+QCC_DSP_INLINE void qcc_dsp_pair_s16(const int16_t *a, const int16_t *b, int16_t *dst,
+                                     int32_t stride, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        dst[i * stride] = a[i];
+        dst[i * stride + 1] = b[i];
     }
 }
 
@@ -200,6 +315,12 @@ QCC_DSP_INLINE int32_t qcc_dsp_high_word(int32_t acc, int32_t mult, int32_t high
     return (int32_t)((p >> 32) + (high == 0 ? 0 : addend)) >> high;
 }
 #endif
+
+/* The zero point and clamp of a requantization whose multiply an asm block did (SMMULR). */
+QCC_DSP_INLINE int32_t qcc_dsp_clamp(int32_t v, int32_t zero_point, int32_t lo, int32_t hi)
+{
+    return v < lo - zero_point ? lo : v > hi - zero_point ? hi : v + zero_point;
+}
 
 QCC_DSP_INLINE int32_t qcc_dsp_requantize_relu(int32_t acc, int32_t mult, int32_t high,
                                                int32_t addend, int32_t zero_point, int32_t lo,
