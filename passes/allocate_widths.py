@@ -13,7 +13,9 @@ one's memory, so:
   below at a few flash sizes from that of 8-bit weights up).
 - `weight_allocation`: the exact multiple-choice knapsack (passes/precision.allocate_widths) of
   weight widths under a flash budget, minimizing the predicted mismatch, the sum of reflected
-  noise E·Delta²/12 (eq. 6 gains scaled to each tensor's range, precision.step_scaled_gains).
+  noise E·Delta²/12 (eq. 6 gains scaled to each tensor's range, precision.step_scaled_gains),
+  or, where annotate_precision measured it (under a flash budget, passes/weight_noise.py), the
+  same noise measured with the layer's real B-bit weights (GPTQ's codes below 8 bits).
   Flash is additive over layers, so the knapsack is exact for it.
 - `fit_ram`: the arena is a peak over the liveness plan, not a sum, so activations are brought
   down from 16 to 8 bits greedily, cheapest predicted noise per arena byte first, each step
@@ -128,15 +130,28 @@ def weight_options(scheme: str) -> tuple[int, ...]:
 
 @dataclass
 class NoiseModel:
-    """Per layer: |W_l| and the range-scaled noise gains of W_l and A_l."""
+    """Per layer: |W_l| and the range-scaled noise gains of W_l and A_l; where given, the
+    weight noise measured at a width (passes/weight_noise.py) replaces E·Δ²/12 for it."""
 
     numel_w: list[int]
     scaled_w: list[float]
     scaled_a: list[float]
+    measured_w: list[dict[int, float]] = field(default_factory=list)
+
+    def weight_noise(self, layer: int, bits: int) -> float:
+        """The layer's weight noise at `bits`: measured, or (wider than measured) the widest
+        measurement scaled by Δ², else E·Δ²/12."""
+        measured = self.measured_w[layer] if layer < len(self.measured_w) else {}
+        if bits in measured:
+            return measured[bits]
+        below = [b for b in measured if b < bits]
+        if below:
+            return measured[max(below)] * 4.0 ** (max(below) - bits)
+        return self.scaled_w[layer] * 4.0 ** -bits / 12.0
 
     def predicted(self, widths: Widths) -> float:
-        return precision.predicted_mismatch(self.scaled_w + self.scaled_a,
-                                            widths.weights + widths.activations)
+        return sum(self.weight_noise(i, b) for i, b in enumerate(widths.weights)) + \
+            precision.predicted_mismatch(self.scaled_a, widths.activations)
 
     def weight_bits(self, weights: list[int]) -> int:
         """Packed weight storage in bits (the knapsack's cost model)."""
@@ -147,7 +162,7 @@ def weight_allocation(model: NoiseModel, options: tuple[int, ...], budget_bits: 
                       ) -> list[int] | None:
     """The exact knapsack of weight widths (module docstring); None when nothing fits."""
     costs = [[n * w for w in options] for n in model.numel_w]
-    noises = [[s * 4.0 ** -w / 12.0 for w in options] for s in model.scaled_w]
+    noises = [[model.weight_noise(i, w) for w in options] for i in range(len(model.numel_w))]
     chosen = precision.allocate_widths(costs, noises, budget_bits)
     return None if chosen is None else [options[j] for j in chosen]
 

@@ -52,12 +52,14 @@ from passes.allocate_widths import (
 from passes.calibrate import TensorStats, calibrate
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
 from passes.schemes import get_scheme
+from passes.weight_noise import measured_weight_noise
+from passes.weight_rounding import layer_inputs
 from qcc.core.autodiff import backward, logits_value
 from qcc.core.errors import QccError
 from qcc.core.float_exec import float_predictions, run_float
 from qcc.core.float_train import TrainConfig, TrainResult, warm_up
 from qcc.core.ir import Graph, Node
-from qcc.core.layers import WeightedLayer, weighted_layers
+from qcc.core.layers import WeightedLayer, weighted_layers, weighted_nodes
 from qcc.core.ops.grads import conv_geometry, im2col
 from qcc.core.progress import steps, track
 
@@ -225,11 +227,12 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
                        lr_min: float | None = None, scheme: str = "fixed",
                        train_epochs: int = 3, train_lr: float = 0.01, *,
                        strict_target: bool = False, budget: MemoryBudget | None = None,
-                       memory: MemoryUse | None = None, for_training: bool = False
-                       ) -> AutoResult:
+                       memory: MemoryUse | None = None, for_training: bool = False,
+                       weight_rounding: str = "gptq") -> AutoResult:
     """The whole `--bits auto` methodology (module docstring); returns the compiled
     configuration (C_o, or the budget's choice) and its report. `for_training`: the graph will
-    run the training step (QuantConfig.for_training)."""
+    run the training step (QuantConfig.for_training). `weight_rounding` "gptq": weights below 8
+    bits get passes/weight_rounding.py's codes (H from the estimation half), "nearest": not."""
     if not 0 < pm_target < 1:
         raise QccError(f"the p_m target must be between 0 and 1, got {pm_target}")
     if len(x_calib) < 4:
@@ -250,9 +253,19 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
     offsets_w, offsets_a = [int(o) for o in offsets_w], [int(o) for o in offsets_a]
     float_pred = float_predictions(graph, x_held)
     names = [la.node for la in layers]
+    rounding = layer_inputs(graph, x_est) if weight_rounding == "gptq" else None
+    if budget.flash_bytes is not None:  # the knapsack's weight noise, measured up to 8 bits
+        narrow = tuple(b for b in weight_options(scheme) if b <= 8)
+        model.measured_w = measured_weight_noise(graph, x_est, weighted_nodes(graph), scheme,
+                                                 narrow, rounding)
+
+    def configure(widths: Widths) -> QuantConfig:
+        config = widths.config(names, scheme, for_training)
+        config.weight_rounding = rounding
+        return config
 
     def plan(widths: Widths) -> tuple[Graph, int, int | None]:
-        integer = quantize_graph(graph, stats, widths.config(names, scheme, for_training))
+        integer = quantize_graph(graph, stats, configure(widths))
         flash, ram = memory(integer) if memory is not None else (
             model.weight_bits(widths.weights) // 8, None)
         return integer, flash, ram
@@ -297,7 +310,7 @@ def annotate_precision(graph: Graph, x_calib: np.ndarray, predict: IntegerPredic
                                   train_epochs, train_lr)
     user_lr_min = lr_min is not None  # --lr-min, or --train's --lr: one rate for every layer
     lr_min = lr_min if user_lr_min else trained.lr_min
-    config = compiled.widths.config(names, scheme, for_training)
+    config = configure(compiled.widths)
     integer = compiled.integer
     report = _report(graph, integer, layers, config, gains_w, gains_a, offsets_w, offsets_a,
                      b_min, pm_target, (below and below.p_m, c_o.p_m, above.p_m),
@@ -378,6 +391,9 @@ def _choose(c_o: Candidate, model: NoiseModel, budget: MemoryBudget, scheme: str
               ("8-bit weights, C_o activations", eight_bit_weights)]
     if budget.flash_bytes is not None:
         starts = [(label, w) for label, w in starts if plan(w)[1] <= budget.flash_bytes]
+        # what flash holds besides the weight codes (biases, ...) at 8-bit weights: C_o's
+        # wider weights carry wider biases, which would leave the knapsack too little room
+        overhead = reference.flash_bytes - model.weight_bits(reference.widths.weights) // 8
         room = 8 * (budget.flash_bytes - overhead)
         for _ in range(3):  # the packing rounds per tensor: shrink by any excess and retry
             weights = weight_allocation(model, options, room)

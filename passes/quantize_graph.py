@@ -35,6 +35,7 @@ import numpy as np
 
 from passes.calibrate import TensorStats
 from passes.schemes import CodeFormat, get_scheme
+from passes.weight_rounding import WeightRounding
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph, Node, Value
 from qcc.core.layers import WEIGHTED_OPS, output_channel_axis, weighted_nodes
@@ -79,6 +80,9 @@ class QuantConfig:
     # the graph will run the training step: schemes whose training needs one weight scale per
     # tensor (Scheme.trains_per_channel) give it one
     for_training: bool = False
+    # codes of weights below 8 bits chosen for the layer's output error on calibration data
+    # (passes/weight_rounding.py, GPTQ); None: round to nearest
+    weight_rounding: WeightRounding | None = None
 
     def layer(self, name: str) -> LayerConfig:
         return self.layers.get(name, LayerConfig(self.default_bits, self.default_bits,
@@ -270,6 +274,9 @@ class _Rewriter:
                 w, cfg.weight_bits, None if min_scale is None else float(min_scale.max()))
         else:
             w_codes, w_fmt = scheme.weight(w, cfg.weight_bits, axis, min_scale)
+        if self.config.weight_rounding is not None and cfg.weights is None:
+            w_codes, w_fmt, b = self.config.weight_rounding.apply(node, w, w_codes, w_fmt, b,
+                                                                  min_scale)
         if cfg.binary_activations and w_fmt.levels != (-1, 1):
             raise QccError(f"layer {node.name!r}: binary activations need binary weights")
         if b is not None:

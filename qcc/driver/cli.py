@@ -247,6 +247,11 @@ def _training_options(fn: Any) -> Any:
 @click.option("--flash-budget", default=None, metavar="BYTES",
               help="--bits auto: most packed weight bytes (e.g. 64KiB); widths by an exact "
                    "knapsack on the noise gains, chosen by measured p_m.")
+@click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default="gptq",
+              show_default=True,
+              help="Weights below 8 bits: gptq chooses each layer's codes for its output error "
+                   "on the --calib inputs (GPTQ, Frantar et al. 2022, then bias correction); "
+                   "nearest rounds each weight on its own. 8-bit weights always round to nearest.")
 @click.option("--ram-budget", default=None, metavar="BYTES",
               help="--bits auto: most arena bytes (e.g. 32KiB) for the activations.")
 @click.option("--lr-min", type=float, default=None,
@@ -266,7 +271,7 @@ def _training_options(fn: Any) -> Any:
 def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
             overrides: Path | None, calib: Path | None,
             train_data: Path | None, pm_target: float | None, flash_budget: str | None,
-            ram_budget: str | None, lr_min: float | None,
+            weight_rounding: str, ram_budget: str | None, lr_min: float | None,
             target: str, outdir: Path, force: bool, **training: Any) -> None:
     """Quantize MODEL (.onnx) into an integer graph and write OUTDIR.
 
@@ -287,7 +292,7 @@ def compile(model: Path, bits: str, scheme: str, binary_activations: bool,
     compiled = compile_model(model, bits if bits == "auto" else check_bits(int(bits)), scheme,
                              calib, overrides, train_data, pm_target, lr_min,
                              binary_activations, _bytes(flash_budget), _bytes(ram_budget),
-                             for_training=options is not None)
+                             for_training=options is not None, weight_rounding=weight_rounding)
     if options is not None:
         attach_training(compiled, options, calib, train_data)
     for note in compiled.notes:

@@ -34,6 +34,9 @@ from passes.calibrate import TensorStats, calibrate
 from passes.fold_quantizers import fold_quantizers, has_quantizers
 from passes.quantize_graph import LayerConfig, QuantConfig, quantize_graph
 from passes.schemes import SCHEMES, get_scheme
+from passes.weight_rounding import MAX_BITS as WEIGHT_ROUNDING_BITS
+from passes.weight_rounding import MODES as ROUNDING_MODES
+from passes.weight_rounding import layer_inputs
 from qcc.core.errors import QccError
 from qcc.core.ir import Graph
 from qcc.core.layers import weighted_nodes
@@ -176,13 +179,19 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
                   overrides: Path | None = None, train_data: Path | None = None,
                   pm_target: float | None = None, lr_min: float | None = None,
                   binary_activations: bool = False, flash_budget: int | None = None,
-                  ram_budget: int | None = None, for_training: bool = False) -> Compiled:
+                  ram_budget: int | None = None, for_training: bool = False,
+                  weight_rounding: str = "gptq") -> Compiled:
     """Import, fold, calibrate and quantize MODEL: every tensor at `bits` bits, or with
     bits == "auto" by the seeds/001 methodology (passes/annotate_precision.py). `pm_target`
     None: 1 %, certified as far as the held-out samples allow (an explicit target they cannot
     certify is an error); the budgets (bytes) apply to --bits auto only. `for_training`: the
-    graph will run the training step (--train; QuantConfig.for_training)."""
+    graph will run the training step (--train; QuantConfig.for_training). `weight_rounding`
+    "gptq": weights below 8 bits get GPTQ's codes on the --calib inputs (passes/weight_rounding),
+    "nearest" (or no --calib): round to nearest."""
     get_scheme(scheme)
+    if weight_rounding not in ROUNDING_MODES:
+        raise QccError(f"--weight-rounding must be one of {', '.join(ROUNDING_MODES)}, "
+                       f"got {weight_rounding!r}")
     if bits != "auto":
         check_bits(bits)
     imported = import_model(model)
@@ -212,7 +221,8 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     check_weights(graph)
     if bits == "auto":
         return _compile_auto(graph, x, scheme, overrides, train_data, pm_target, lr_min, notes,
-                             MemoryBudget(flash_budget, ram_budget), for_training)
+                             MemoryBudget(flash_budget, ram_budget), for_training,
+                             weight_rounding if calib is not None else "nearest")
     if flash_budget is not None or ram_budget is not None:
         raise QccError("--flash-budget and --ram-budget choose widths: they need --bits auto")
     stats = check_stats(calibrate(graph, x))
@@ -227,6 +237,10 @@ def compile_model(model: Path, bits: int | str, scheme: str, calib: Path | None 
     for node in weighted_nodes(graph):  # each layer's widths within what its format takes
         cfg = config.layer(node.name)
         get_scheme(cfg.scheme).check_widths(cfg.weight_bits, cfg.act_bits, f"layer {node.name!r}")
+    if calib is not None and weight_rounding == "gptq" and any(
+            config.layer(node.name).weight_bits <= WEIGHT_ROUNDING_BITS
+            for node in weighted_nodes(graph)):
+        config.weight_rounding = layer_inputs(graph, x)
     for node in weighted_nodes(graph):
         x = node.inputs[0]
         if config.layer(node.name).binary_activations and x.name in stats \
@@ -330,7 +344,8 @@ def _compile_prequantized(graph: Graph) -> Compiled:
 
 def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | None,
                   train_data: Path | None, pm_target: float | None, lr_min: float | None,
-                  notes: list[str], budget: MemoryBudget, for_training: bool) -> Compiled:
+                  notes: list[str], budget: MemoryBudget, for_training: bool,
+                  weight_rounding: str) -> Compiled:
 
     if overrides is not None:
         raise QccError("--overrides sets bits by hand and cannot be combined with --bits auto")
@@ -343,7 +358,8 @@ def _compile_auto(graph: Graph, x: np.ndarray, scheme: str, overrides: Path | No
     result = annotate_precision(graph, x, integer_decisions,
                                 DEFAULT_PM_TARGET if pm_target is None else pm_target, train_x,
                                 train_y, lr_min, scheme, strict_target=pm_target is not None,
-                                budget=budget, memory=c_memory, for_training=for_training)
+                                budget=budget, memory=c_memory, for_training=for_training,
+                                weight_rounding=weight_rounding)
     return Compiled(graph, result.integer, result.config, result.stats, result.report, notes)
 
 
