@@ -335,7 +335,9 @@ def test_digits_mcu_instructions_per_layer_add_up(digits_report: Path) -> None:
     assert all(la["instructions"] > 0 for la in record["layers"])
     layers = sum(la["instructions"] for la in record["layers"])
     assert layers + record["outside_layers"] == record["infer_instructions"]
-    assert 0 <= record["outside_layers"] < 0.01 * record["infer_instructions"]
+    # outside the layers: the inference function's calls and argument set-up, a fixed cost
+    # (830 instructions on digits) that the faster DSP kernels made 1.0 % of the inference
+    assert 0 <= record["outside_layers"] < 0.02 * record["infer_instructions"]
     shipped = record["shipped_infer_instructions"]
     assert abs(record["infer_instructions"] - shipped) < 0.2 * shipped
     macs = {n["name"]: n["macs"] for n in summary["nodes"]}
