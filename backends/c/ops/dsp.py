@@ -463,19 +463,10 @@ def emit_byte_rows(w: CWriter, ctx, layer: DspLayer, x_t: str,
             text += ["subs %[n], %[n], #1", "bne 1b"]
         count = f"n = {words // per_trip}, " if looped else ""
         w.line(f"uint32_t {count}r_x, r_e, r_w, r_t;")
-        w.line("__asm__(")
-        w.depth += 1
-        for line in text:
-            w.line(f'"{line}\\n\\t"')
         outs = [f'[a{r}0] "+r"(a{r}0)' for r in range(b)] + ['[xq] "+r"(xq)', '[wq] "+r"(wq)']
         outs += ['[n] "+r"(n)'] if looped else []
         outs += [f'[{v}] "=&r"(r_{v})' for v in ("x", "e", "w", "t")]
-        w.line(": " + ", ".join(outs[:4]))
-        for i in range(4, len(outs), 4):
-            w.line("  , " + ", ".join(outs[i:i + 4]))
-        w.line(":")
-        w.line(': "cc", "memory");' if looped else ': "memory");')
-        w.depth -= 1
+        _asm_statement(w, text, outs, looped)
         w.directive("#else")
         with w.block(f"for (int32_t g = 0; g < {words}; ++g)"):
             w.line(f"const uint32_t x = {rt}dsp_load32(xq + {DSP_GROUP} * g);")
@@ -603,20 +594,11 @@ def _asm_columns(w: CWriter, ncols: int, step_bytes: int, words: int) -> None:
         w.line(f"const int16_t *z2 = z0 + {split * step_bytes // 2};")
     count = f"n = {words // per_trip}, " if looped else ""
     w.line(f"uint32_t {count}r_w, r_t, r_x0, r_x1;")
-    w.line("__asm__(")
-    w.depth += 1
-    for line in text:
-        w.line(f'"{line}\\n\\t"')
     outs = [f'[a0{c}] "+r"(a0{c})' for c in range(ncols)]
     outs += ['[wq] "+r"(wq)'] + [f'[{p}] "+r"({"z0" if p == "z" else p})' for p in pointers]
     outs += ['[n] "+r"(n)'] if looped else []
     outs += [f'[{v}] "=&r"(r_{v})' for v in ("w", "t", "x0", "x1")]
-    w.line(": " + ", ".join(outs[:4]))
-    for i in range(4, len(outs), 4):
-        w.line("  , " + ", ".join(outs[i:i + 4]))
-    w.line(":")
-    w.line(': "cc", "memory");' if looped else ': "memory");')
-    w.depth -= 1
+    _asm_statement(w, text, outs, looped)
 
 
 def _asm_loop(w: CWriter, b: int, ncols: int, step_bytes: int, words: int) -> None:
@@ -645,13 +627,19 @@ def _asm_loop(w: CWriter, b: int, ncols: int, step_bytes: int, words: int) -> No
     temps = ["w", "t", "x0", "x1"] + (["y0", "y1"] if ncols == 2 else [])
     count = f"n = {words // per_trip}, " if looped else ""
     w.line(f"uint32_t {count}{', '.join(f'r_{v}' for v in temps)};")
+    outs = [f'[a{r}{c}] "+r"(a{r}{c})' for r in range(b) for c in range(ncols)]
+    outs += ['[wq] "+r"(wq)', '[z] "+r"(z0)'] + (['[n] "+r"(n)'] if looped else [])
+    outs += [f'[{v}] "=&r"(r_{v})' for v in temps]
+    _asm_statement(w, text, outs, looped)
+
+
+def _asm_statement(w: CWriter, text: list[str], outs: list[str], looped: bool) -> None:
+    """One GCC extended-asm statement: the instructions, the read-write and scratch operands
+    four to a line, no inputs; a looped body also clobbers the flags (subs/bne)."""
     w.line("__asm__(")
     w.depth += 1
     for line in text:
         w.line(f'"{line}\\n\\t"')
-    outs = [f'[a{r}{c}] "+r"(a{r}{c})' for r in range(b) for c in range(ncols)]
-    outs += ['[wq] "+r"(wq)', '[z] "+r"(z0)'] + (['[n] "+r"(n)'] if looped else [])
-    outs += [f'[{v}] "=&r"(r_{v})' for v in temps]
     w.line(": " + ", ".join(outs[:4]))
     for i in range(4, len(outs), 4):
         w.line("  , " + ", ".join(outs[i:i + 4]))
